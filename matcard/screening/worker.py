@@ -1,0 +1,301 @@
+"""The per-shard work of a screen: featurize with the bundle's featurizer, predict, flag.
+
+Runs in the calling process, in a local worker process or on a Dask worker; everything here is
+picklable and takes the model explicitly, so every backend computes exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class ScreeningModel(Protocol):
+    """What screening needs from a trained model (matcard.bundle.TrainedModel provides it)."""
+
+    class_names: list[str]
+    featurizer: Any
+    training_stats: Any
+
+    def predict_proba_data(self, data: list[Any]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ShardItem:
+    seq: int  # position in the input stream (keeps the output in input order)
+    id: str
+    source: str
+    structure: Any  # pymatgen Structure
+    flags: tuple[str, ...] = ()  # flags raised by the reader (cif warnings, disorder policy...)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    items: tuple[ShardItem, ...]
+    batch_size: int
+    domain: TrainingDomain
+
+
+@dataclass
+class ShardOutput:
+    index: int
+    columns: dict[str, list[Any]]  # prediction columns (see shards.prediction_schema)
+    errors: list[tuple[int, str, str, str]]  # (seq, id, source, reason)
+    seconds: float
+
+
+# --------------------------------------------------------------------------- applicability domain
+
+
+@dataclass(frozen=True)
+class TrainingDomain:
+    """What the model saw in training, for flagging inputs outside it.
+
+    Built from ``TrainedModel.training_stats``; every part is optional so that a bundle without
+    statistics simply raises fewer flags.
+    """
+
+    elements: frozenset[str] | None = None
+    n_atoms_range: tuple[float, float] | None = None
+    volume_per_atom_range: tuple[float, float] | None = None
+    cutoff: float | None = None
+
+    @classmethod
+    def from_model(cls, model: ScreeningModel) -> TrainingDomain:
+        stats = _as_dict(getattr(model, "training_stats", None))
+        config = getattr(getattr(model, "featurizer", None), "config", None)
+        cutoff = getattr(config, "cutoff", None)
+        elements = stats.get("elements")
+        if isinstance(elements, dict):  # {symbol: count}
+            elements = list(elements)
+        return cls(
+            elements=frozenset(str(e) for e in elements) if elements else None,
+            n_atoms_range=_range(stats, "n_atoms", "num_sites", "nsites"),
+            volume_per_atom_range=_range(stats, "volume_per_atom", "volume_per_site"),
+            cutoff=float(cutoff) if cutoff is not None else None,
+        )
+
+
+def _as_dict(stats: Any) -> dict[str, Any]:
+    if stats is None:
+        return {}
+    if isinstance(stats, dict):
+        return stats
+    if hasattr(stats, "model_dump"):
+        return stats.model_dump()
+    if hasattr(stats, "__dict__"):
+        return dict(vars(stats))
+    return {}
+
+
+def _range(stats: dict[str, Any], *names: str) -> tuple[float, float] | None:
+    """Accept ``{"n_atoms": {"min": a, "max": b}}``, ``{"n_atoms": [a, b]}`` or ``n_atoms_min/max`` keys."""
+    for name in names:
+        value = stats.get(name)
+        low = high = None
+        if isinstance(value, dict):
+            low, high = value.get("min"), value.get("max")
+        elif isinstance(value, list | tuple) and len(value) == 2:
+            low, high = value
+        if low is None:
+            low, high = stats.get(f"{name}_min"), stats.get(f"{name}_max")
+        if low is not None and high is not None:
+            return float(low), float(high)
+    return None
+
+
+def domain_flags(structure: Any, domain: TrainingDomain) -> list[str]:
+    """Flags that need only the structure: element coverage, disorder, cell size vs training."""
+    from pymatgen.core import Element
+
+    flags: list[str] = []
+    symbols: list[str] = []
+    for element in structure.composition.elements:
+        symbol = getattr(element, "symbol", str(element))
+        if not Element.is_valid_symbol(symbol):  # dummy species, "X", "D" ...
+            flags.append(f"unknown_element:{symbol}")
+        else:
+            symbols.append(symbol)
+    if domain.elements is not None:
+        unseen = sorted(set(symbols) - domain.elements)
+        flags.extend(f"unseen_element:{symbol}" for symbol in unseen)
+    if not structure.is_ordered:
+        flags.append("disordered")
+    n_atoms = len(structure)
+    if domain.n_atoms_range is not None and not _inside(n_atoms, domain.n_atoms_range):
+        flags.append(f"n_atoms_out_of_range:{n_atoms}")
+    if domain.volume_per_atom_range is not None and n_atoms:
+        volume_per_atom = structure.volume / n_atoms
+        if not _inside(volume_per_atom, domain.volume_per_atom_range):
+            flags.append(f"volume_per_atom_out_of_range:{volume_per_atom:.1f}")
+    return flags
+
+
+def _inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
+    """``Data`` plus the featurizer's own flags (GraphFeaturizer.build reports e.g. a grown cutoff)."""
+    import warnings
+
+    build = getattr(featurizer, "build", None)
+    with warnings.catch_warnings():  # the featurizer's warnings become flags on the row instead
+        warnings.simplefilter("ignore")
+        if build is not None:
+            graph = build(structure)
+            if hasattr(graph, "to_data"):
+                return graph.to_data(), [str(f) for f in getattr(graph, "flags", ())]
+        data = featurizer(structure)
+    return data, [str(f) for f in (getattr(data, "flags", None) or ())]
+
+
+def graph_flags(
+    data: Any, n_atoms: int, cutoff: float | None, featurizer_flags: Sequence[str] = ()
+) -> list[str]:
+    """Flags read off the featurized graph: atoms without a neighbour inside the cutoff.
+
+    GraphFeaturizer grows the cutoff for such structures (flag ``cutoff_grown:8->12``); either
+    way the row also carries ``isolated_atom:<count>`` so a user can filter on one name.
+    """
+    flags = list(featurizer_flags)
+    edge_index = getattr(data, "edge_index", None)
+    if edge_index is None or n_atoms == 0 or getattr(data, "x", None) is None:
+        return flags
+    if data.x.shape[0] != n_atoms:  # composition descriptors: one row per structure, no graph
+        return flags
+    import torch
+
+    sources = edge_index[0]
+    dist = getattr(data, "edge_dist", None)
+    if dist is not None and cutoff is not None:
+        sources = sources[dist <= cutoff + 1e-6]
+    has_neighbour = torch.zeros(n_atoms, dtype=torch.bool)
+    has_neighbour[sources] = True
+    isolated = int((~has_neighbour).sum())
+    if isolated and not any(f.startswith("isolated_atom") for f in flags):
+        flags.append(f"isolated_atom:{isolated}")
+    return flags
+
+
+# --------------------------------------------------------------------------- the shard
+
+
+def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
+    """Featurize, predict and flag one shard; per-item failures become error rows."""
+    started = time.perf_counter()
+    class_names = list(model.class_names)
+    columns: dict[str, list[Any]] = {
+        "seq": [],
+        "id": [],
+        "source": [],
+        "predicted_class": [],
+        **{f"prob_{name}": [] for name in class_names},
+        "max_prob": [],
+        "flags": [],
+    }
+    errors: list[tuple[int, str, str, str]] = []
+    items = task.items
+    for start in range(0, len(items), task.batch_size):
+        batch = items[start : start + task.batch_size]
+        ready: list[tuple[ShardItem, Any, list[str]]] = []
+        for item in batch:
+            try:
+                flags = [*item.flags, *domain_flags(item.structure, task.domain)]
+                data, featurizer_flags = _featurize(model.featurizer, item.structure)
+                for flag in graph_flags(data, len(item.structure), task.domain.cutoff, featurizer_flags):
+                    if flag not in flags:
+                        flags.append(flag)
+            except Exception as exc:  # one bad structure never stops the shard
+                errors.append((item.seq, item.id, item.source, f"featurize: {_describe(exc)}"))
+                continue
+            ready.append((item, data, flags))
+        if not ready:
+            continue
+        try:
+            probabilities = _predict(model, [data for _, data, _ in ready])
+            predicted = [(r, probabilities[i]) for i, r in enumerate(ready)]
+        except Exception:  # isolate the item that breaks the batch
+            predicted = []
+            for entry in ready:
+                try:
+                    predicted.append((entry, _predict(model, [entry[1]])[0]))
+                except Exception as exc:
+                    item = entry[0]
+                    errors.append((item.seq, item.id, item.source, f"predict: {_describe(exc)}"))
+        for (item, _, flags), probs in predicted:
+            if not np.all(np.isfinite(probs)):
+                errors.append((item.seq, item.id, item.source, "predict: non-finite probabilities"))
+                continue
+            best = int(np.argmax(probs))
+            columns["seq"].append(item.seq)
+            columns["id"].append(item.id)
+            columns["source"].append(item.source)
+            columns["predicted_class"].append(class_names[best])
+            for name, value in zip(class_names, probs, strict=True):
+                columns[f"prob_{name}"].append(float(value))
+            columns["max_prob"].append(float(probs[best]))
+            columns["flags"].append(";".join(dict.fromkeys(flags)))
+    return ShardOutput(task.index, columns, errors, time.perf_counter() - started)
+
+
+def _predict(model: ScreeningModel, data: Sequence[Any]) -> np.ndarray:
+    probabilities = np.asarray(model.predict_proba_data(list(data)), dtype=np.float64)
+    if probabilities.shape != (len(data), len(model.class_names)):
+        raise RuntimeError(
+            f"model returned probabilities of shape {probabilities.shape} for {len(data)} inputs"
+        )
+    return probabilities
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_WORKER_MODEL: ScreeningModel | None = None
+
+
+def init_process_worker(model: Any) -> None:
+    """ProcessPoolExecutor initializer: load the model once per process, one torch thread each."""
+    global _WORKER_MODEL
+    import torch
+
+    torch.set_num_threads(1)  # N processes x 1 thread: no oversubscription of the cores
+    _WORKER_MODEL = _materialize(model)
+
+
+def run_shard_in_process_worker(task: ShardTask) -> ShardOutput:
+    if _WORKER_MODEL is None:
+        raise RuntimeError("worker process was not initialised with a model")
+    return run_shard(task, _WORKER_MODEL)
+
+
+def run_shard_on_dask(task: ShardTask, model: Any) -> ShardOutput:
+    """Dask task: ``model`` is a scattered TrainedModel (or a bundle path readable by the worker)."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return run_shard(task, _materialize(model))
+
+
+_PATH_CACHE: dict[str, ScreeningModel] = {}
+
+
+def _materialize(model: Any) -> ScreeningModel:
+    """A model object, or a bundle path loaded once per process."""
+    if isinstance(model, str):
+        if model not in _PATH_CACHE:
+            from matcard.bundle import load_model
+
+            _PATH_CACHE[model] = load_model(model)
+        return _PATH_CACHE[model]
+    return model
