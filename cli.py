@@ -57,6 +57,69 @@ def fail(error: MatcardError) -> typer.Exit:
 
 # === screen ======================================================================
 
+
+@app.command("screen")
+def screen_command(
+    model: Annotated[str, typer.Argument(help="Model bundle (RUN/model) or training run directory.")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Files, folders, globs, ASE .db, CSV/Parquet with a CIF column, dataset names."),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Results file: .csv or .parquet.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Structures per prediction batch.")] = 256,
+    workers: Annotated[int, typer.Option("--workers", help="Local worker processes.")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted screen.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Discard an interrupted screen's state and start again.")
+    ] = False,
+    target_class: Annotated[str | None, typer.Option("--class", help="Class ranked in the shortlist.")] = None,
+    min_prob: Annotated[float | None, typer.Option("--min-prob", help="Shortlist only prob >= P.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Shortlist at most K structures.")] = None,
+    shortlist: Annotated[
+        str | None, typer.Option("--shortlist", help="Shortlist file (default <stem>.shortlist.<ext>).")
+    ] = None,
+    ase_db: Annotated[
+        str | None, typer.Option("--ase-db", help="Also write predictions into this ASE database.")
+    ] = None,
+    disorder: Annotated[str, typer.Option("--disorder", help="skip | keep | majority")] = "skip",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed to parse one file.")] = 10.0,
+    keep_parts: Annotated[bool, typer.Option("--keep-parts", help="Keep shard parts after merging.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Predict every input structure; rank a class; resume after interruption; scale out on Dask."""
+    from matcard.screening import screen
+    from matcard.screening.report import summary_table
+
+    try:
+        result = screen(
+            model,
+            inputs,
+            out,
+            batch_size=batch_size,
+            workers=workers,
+            scheduler=scheduler,
+            resume=resume,
+            overwrite=overwrite,
+            target_class=target_class,
+            min_prob=min_prob,
+            top_k=top_k,
+            shortlist=shortlist,
+            ase_db=ase_db,
+            disorder=disorder,
+            timeout=timeout,
+            keep_parts=keep_parts,
+        )
+    except MatcardError as err:
+        raise fail(err) from err
+    console.print(summary_table(result))
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+
 # === benchmark ===================================================================
 
 

@@ -1,0 +1,43 @@
+"""The Rich summary a screen ends with (predicted counts per class, failures, speed, files)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from matcard.screening.pipeline import ScreenResult
+
+
+def summary_table(result: ScreenResult) -> Table:
+    table = Table(title="screening summary", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_column("share", justify="right")
+    total = result.n_predicted + result.n_failed
+    for name, count in result.class_counts.items():
+        table.add_row(f"predicted {name}", f"{count:,}", _share(count, result.n_predicted))
+    table.add_section()
+    table.add_row("predicted (total)", f"{result.n_predicted:,}", _share(result.n_predicted, total))
+    table.add_row("flagged", f"{result.n_flagged:,}", _share(result.n_flagged, result.n_predicted))
+    table.add_row("failed", f"{result.n_failed:,}", _share(result.n_failed, total))
+    for reason, count in list(result.failure_reasons.items())[:5]:
+        table.add_row(f"  {reason}", f"{count:,}", "")
+    if result.shortlist_path is not None:
+        table.add_row("shortlist", f"{result.shortlist_size:,}", "")
+    table.add_section()
+    if result.n_resumed:
+        table.add_row("resumed (done earlier)", f"{result.n_resumed:,}", "")
+    table.add_row("processed this run", f"{result.n_processed:,}", "")
+    table.add_row("seconds", f"{result.seconds:.1f}", "")
+    table.add_row("structures / s", f"{result.per_second:.1f}", "")
+    table.add_row("backend", result.backend, "")
+    if result.out is not None:
+        table.add_section()
+        table.add_row("results", str(result.out), "")
+        table.add_row("errors", str(result.errors_path), "")
+        if result.shortlist_path is not None:
+            table.add_row("shortlist file", str(result.shortlist_path), "")
+    return table
+
+
+def _share(count: int, total: int) -> str:
+    return f"{100.0 * count / total:.1f} %" if total else "-"
