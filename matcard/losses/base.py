@@ -1,0 +1,178 @@
+"""The one interface every matcard loss implements, the registry, and class-weight helpers.
+
+Contract (docs/architecture.md):
+
+    loss = matcard.losses.build(name, class_counts, **params)    # a torch.nn.Module
+    value = loss(logits, target, embeddings=None)                 # scalar tensor
+    loss.on_epoch_start(epoch, max_epochs)                        # schedules (LDAM-DRW...)
+    loss.uses_embeddings                                          # pass pooled embeddings when True
+
+Construction is cheap and all state lives in registered buffers, so a loss moves with
+``.to(device)`` and is saved in a Lightning checkpoint together with its module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from matcard.errors import ConfigError, UsageError
+
+WeightScheme = Literal["inverse", "inverse_sqrt", "median", "class_balanced", "none"]
+
+LOSSES: dict[str, type[ImbalanceLoss]] = {}
+_LossT = TypeVar("_LossT", bound="type[ImbalanceLoss]")
+
+
+def register(name: str) -> Callable[[_LossT], _LossT]:
+    """Class decorator adding a loss to :data:`LOSSES` under ``name``."""
+
+    def decorator(cls: _LossT) -> _LossT:
+        if name in LOSSES:
+            raise RuntimeError(f"loss {name!r} registered twice")
+        cls.name = name
+        LOSSES[name] = cls
+        return cls
+
+    return decorator
+
+
+def as_class_counts(class_counts: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Validate training class counts: 1-D, at least two classes, non-negative, some positive."""
+    counts = torch.as_tensor(
+        class_counts.detach().cpu().numpy() if isinstance(class_counts, torch.Tensor) else class_counts,
+        dtype=torch.float64,
+    )
+    if counts.dim() != 1 or counts.numel() < 2:
+        raise ConfigError(
+            f"class_counts must be a 1-D sequence with at least two classes, got {class_counts!r}"
+        )
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()) or float(counts.sum()) <= 0:
+        raise ConfigError(f"class_counts must be non-negative with a positive total, got {counts.tolist()}")
+    return counts
+
+
+def class_weights(
+    class_counts: Sequence[int] | np.ndarray | torch.Tensor,
+    scheme: WeightScheme = "inverse",
+    beta: float = 0.9999,
+) -> torch.Tensor:
+    """Per-class weights (float64) from training counts (methods brief §3).
+
+    - ``inverse``: N / (C n_c)                  (mean over samples is 1)
+    - ``inverse_sqrt``: 1 / sqrt(n_c), rescaled to mean 1 over classes
+    - ``median``: median(n) / n_c               (median-frequency balancing)
+    - ``class_balanced``: (1 - beta) / (1 - beta^n_c), normalised to sum to C (Cui 2019)
+    - ``none``: ones
+
+    A class with no training examples is treated as having one (finite weight, the largest).
+    """
+    counts = as_class_counts(class_counts).clamp_min(1.0)
+    n_classes = counts.numel()
+    if scheme == "inverse":
+        return counts.sum() / (n_classes * counts)
+    if scheme == "inverse_sqrt":
+        weights = counts.rsqrt()
+        return weights * n_classes / weights.sum()
+    if scheme == "median":
+        return counts.median() / counts
+    if scheme == "class_balanced":
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"beta must lie in [0, 1), got {beta}")
+        effective = (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts)) / (1.0 - beta)
+        weights = 1.0 / effective
+        return weights * n_classes / weights.sum()
+    if scheme == "none":
+        return torch.ones(n_classes, dtype=torch.float64)
+    raise ConfigError(
+        f"unknown weight scheme {scheme!r}; choose inverse, inverse_sqrt, median, class_balanced or none"
+    )
+
+
+class ImbalanceLoss(nn.Module):
+    """Base class: holds the training class counts and checks the call's inputs.
+
+    Subclasses implement :meth:`compute` on validated ``logits`` [B, C] and ``target`` [B] (int64).
+    """
+
+    name: ClassVar[str] = "base"
+    uses_embeddings: bool = False
+
+    class_counts: torch.Tensor
+    class_prior: torch.Tensor
+
+    def __init__(self, class_counts: Sequence[int] | np.ndarray | torch.Tensor) -> None:
+        super().__init__()
+        counts = as_class_counts(class_counts)
+        self.n_classes = int(counts.numel())
+        self.register_buffer("class_counts", counts.to(torch.float32))
+        prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
+        self.register_buffer("class_prior", prior.to(torch.float32))
+
+    def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
+        """Hook called by the training loop at the start of every epoch (0-based). No-op by default."""
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logits, target = self._check_inputs(logits, target)
+        return self.compute(logits, target, embeddings)
+
+    def compute(
+        self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_inputs(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if logits.dim() != 2 or logits.shape[1] != self.n_classes:
+            raise UsageError(
+                f"{self.name}: logits must have shape [batch, {self.n_classes}], got {tuple(logits.shape)}"
+            )
+        target = target.reshape(-1).long()
+        if target.shape[0] != logits.shape[0]:
+            raise UsageError(f"{self.name}: {logits.shape[0]} logits rows but {target.shape[0]} targets")
+        if logits.shape[0] == 0:
+            raise UsageError(f"{self.name}: empty batch")
+        return logits, target
+
+    def extra_repr(self) -> str:
+        return f"n_classes={self.n_classes}"
+
+
+def build(name: str, class_counts: Sequence[int] | np.ndarray | torch.Tensor, **params: Any) -> ImbalanceLoss:
+    """Build a registered loss by name; unknown names and parameters fail fast naming the field."""
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    cls = LOSSES.get(key)
+    if cls is None:
+        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSSES))}")
+    signature = inspect.signature(cls.__init__)
+    accepted = [p for p in signature.parameters if p not in ("self", "class_counts")]
+    takes_var_kwargs = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [key_ for key_ in params if key_ not in accepted]
+    if unknown and not takes_var_kwargs:
+        raise ConfigError(
+            f"loss {key!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(accepted) or '(none)'}"
+        )
+    try:
+        return cls(class_counts, **params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"loss {key!r}: {error}") from error
+
+
+_ALIASES: dict[str, str] = {
+    "cross_entropy": "ce",
+    "crossentropy": "ce",
+    "wce": "weighted_ce",
+    "cb": "class_balanced",
+    "la": "logit_adjusted",
+    "logit_adjustment": "logit_adjusted",
+    "eql": "equalization",
+    "ot": "ot_reweight",
+    "mag": "magnitude",
+}

@@ -1,0 +1,293 @@
+"""Magnitude and spread of finite metric spaces (methods brief §1), for NumPy and torch inputs.
+
+For points X = {x_1..x_N} with distances d_ij and a scale t > 0, Z_ij = exp(-t d_ij):
+
+- weighting: w with Z w = 1;  magnitude |tX| = sum_i w_i
+- spread (Willerton): E(tX) = sum_i 1 / sum_j Z_ij
+
+This module is the single implementation shared by the standalone utility and the
+cardinality losses in :mod:`matcard.losses.cardinality`. Numerics, always in float64:
+
+- distances use a *safe* Euclidean norm: coincident rows get distance exactly 0 and a zero
+  (sub)gradient instead of the NaN that d/dx ||x|| gives at 0;
+- Z w = 1 is solved by Cholesky; when Z is singular or numerically indefinite (coincident
+  rows, a saturated softmax landing on the zero anchor) the diagonal is shifted by an
+  adaptive jitter (1e-12 growing x100 up to 1e-2, each try checked by its residual), then
+  an LU solve and finally a least-squares solve are used as fallbacks;
+- the gradient of the magnitude with respect to Z is the closed form -w w^T (custom
+  autograd function), so a backward pass costs one outer product.
+
+Torch inputs return torch tensors (differentiable, in the input's dtype); NumPy/array-like
+inputs return Python floats / NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from matcard.errors import UsageError
+
+Metric = Literal["euclidean", "precomputed"]
+
+# Jitter schedule for the Cholesky retries: absolute diagonal shifts (Z has a unit diagonal).
+_JITTERS: tuple[float, ...] = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
+# Squared distances below this fraction of the largest squared norm count as coincident.
+_COINCIDENT_REL_TOL = 1e-14
+
+__all__ = [
+    "magnitude",
+    "magnitude_dimension",
+    "magnitude_from_similarity",
+    "magnitude_function",
+    "pairwise_distances",
+    "scale_for_fraction",
+    "similarity_matrix",
+    "solve_weighting",
+    "spread",
+    "spread_from_similarity",
+    "weighting",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# torch core (float64)
+# ---------------------------------------------------------------------------------------------
+
+
+def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance matrix with a safe norm: exact zeros (and zero gradient) for coincident rows.
+
+    Uses the Gram form ||x||^2 + ||y||^2 - 2 x.y (one matmul, no N x N x D tensor), which in
+    float64 is accurate to ~1e-8 in distance; that error only matters for near-coincident rows,
+    which are exactly the ones snapped to 0.
+    """
+    if points.dim() != 2:
+        raise UsageError(f"points must be a 2-D array (rows are points), got shape {tuple(points.shape)}")
+    sq_norms = (points * points).sum(dim=1)
+    squared = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (points @ points.T)).clamp_min(0.0)
+    tolerance = _COINCIDENT_REL_TOL * (1.0 + float(sq_norms.detach().max())) if points.shape[0] else 0.0
+    separated = squared > tolerance
+    # sqrt only where it is safe; the where() keeps NaN/inf out of the backward pass.
+    safe_squared = torch.where(separated, squared, torch.ones_like(squared))
+    return torch.where(separated, torch.sqrt(safe_squared), torch.zeros_like(squared))
+
+
+def similarity_matrix(distances: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    return torch.exp(-t * distances)
+
+
+def solve_weighting(similarity: torch.Tensor) -> torch.Tensor:
+    """Solve Z w = 1 robustly (no autograd; see module docstring for the strategy)."""
+    n = similarity.shape[0]
+    ones = torch.ones(n, 1, dtype=similarity.dtype, device=similarity.device)
+    residual_tol = 1e-6 * max(1.0, math.sqrt(n))
+
+    def acceptable(w: torch.Tensor, matrix: torch.Tensor) -> bool:
+        if not bool(torch.isfinite(w).all()):
+            return False
+        return float((matrix @ w - ones).abs().max()) <= residual_tol
+
+    with torch.no_grad():
+        factor, info = torch.linalg.cholesky_ex(similarity)
+        if int(info) == 0:
+            w = torch.cholesky_solve(ones, factor)
+            if acceptable(w, similarity):
+                return w[:, 0]
+        eye = torch.eye(n, dtype=similarity.dtype, device=similarity.device)
+        for jitter in _JITTERS:
+            shifted = similarity + jitter * eye
+            factor, info = torch.linalg.cholesky_ex(shifted)
+            if int(info) == 0:
+                w = torch.cholesky_solve(ones, factor)
+                if acceptable(w, shifted):
+                    return w[:, 0]
+        # Not positive definite even with jitter (e.g. a precomputed non-Euclidean metric).
+        try:
+            w = torch.linalg.solve(similarity, ones)
+            if acceptable(w, similarity):
+                return w[:, 0]
+        except RuntimeError:
+            pass
+        w = torch.linalg.lstsq(similarity, ones, driver="gelsd" if similarity.device.type == "cpu" else None)
+        return w.solution[:, 0]
+
+
+class _MagnitudeOfSimilarity(torch.autograd.Function):
+    """sum(Z^-1 1) with the closed-form gradient d|X|/dZ = -w w^T (Z symmetric)."""
+
+    @staticmethod
+    def forward(ctx: Any, similarity: torch.Tensor) -> torch.Tensor:
+        w = solve_weighting(similarity)
+        ctx.save_for_backward(w)
+        return w.sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return -grad_output * torch.outer(w, w)
+
+
+def magnitude_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
+    """Magnitude from a (symmetric) similarity matrix; differentiable."""
+    return _MagnitudeOfSimilarity.apply(similarity)
+
+
+def spread_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
+    """Spread from a similarity matrix: sum_i 1 / sum_j Z_ij; differentiable, no solve."""
+    return (1.0 / similarity.sum(dim=1)).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# public utility (NumPy or torch in, same kind out)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_scale(t: float | torch.Tensor) -> None:
+    value = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"scale t must be a positive finite number, got {value!r}")
+
+
+def _as_distances(X: Any, metric: Metric) -> tuple[torch.Tensor, bool, torch.dtype | None]:
+    """Float64 distance matrix, whether the input was torch, and the input's torch dtype."""
+    is_torch = isinstance(X, torch.Tensor)
+    tensor = X if is_torch else torch.as_tensor(np.asarray(X, dtype=np.float64))
+    input_dtype = tensor.dtype if is_torch else None
+    tensor = tensor.to(torch.float64)
+    if tensor.dim() == 1 and metric == "euclidean":
+        tensor = tensor[:, None]  # a 1-D array is N points on the line
+    if tensor.dim() != 2 or tensor.shape[0] == 0:
+        raise UsageError(f"X must be a non-empty 2-D array, got shape {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise UsageError("X contains NaN or infinite values")
+    if metric == "euclidean":
+        return pairwise_distances(tensor), is_torch, input_dtype
+    if metric == "precomputed":
+        if tensor.shape[0] != tensor.shape[1]:
+            raise UsageError(f"a precomputed distance matrix must be square, got {tuple(tensor.shape)}")
+        if bool((tensor < 0).any()):
+            raise UsageError("a precomputed distance matrix must be non-negative")
+        if not torch.allclose(tensor, tensor.T, atol=1e-10):
+            raise UsageError("a precomputed distance matrix must be symmetric")
+        return tensor, is_torch, input_dtype
+    raise UsageError(f"unknown metric {metric!r}; use 'euclidean' or 'precomputed'")
+
+
+def _finish(value: torch.Tensor, is_torch: bool, dtype: torch.dtype | None) -> Any:
+    if is_torch:
+        return value.to(dtype) if dtype is not None and dtype.is_floating_point else value
+    array = value.detach().cpu().numpy()
+    return float(array) if array.ndim == 0 else array
+
+
+def magnitude(X: Any, t: float = 1.0, metric: Metric = "euclidean") -> Any:
+    """Magnitude |tX| of a point cloud (rows of X) or of a distance matrix (metric="precomputed")."""
+    _check_scale(t)
+    distances, is_torch, dtype = _as_distances(X, metric)
+    return _finish(magnitude_from_similarity(similarity_matrix(distances, t)), is_torch, dtype)
+
+
+def spread(X: Any, t: float = 1.0, metric: Metric = "euclidean") -> Any:
+    """Spread E(tX) of a point cloud (rows of X) or of a distance matrix (metric="precomputed")."""
+    _check_scale(t)
+    distances, is_torch, dtype = _as_distances(X, metric)
+    return _finish(spread_from_similarity(similarity_matrix(distances, t)), is_torch, dtype)
+
+
+def weighting(X: Any, t: float = 1.0, metric: Metric = "euclidean") -> Any:
+    """The weighting w solving Z w = 1 (its sum is the magnitude). Torch inputs get a differentiable w."""
+    _check_scale(t)
+    distances, is_torch, dtype = _as_distances(X, metric)
+    similarity = similarity_matrix(distances, t)
+    if is_torch and similarity.requires_grad:
+        # Differentiable through the solve: w = w0 - Z^-1 (Z w0 - 1) has value w0 and the
+        # exact first-order gradient, with w0 from the robust solver.
+        w0 = solve_weighting(similarity.detach())
+        ones = torch.ones_like(w0)
+        residual = (similarity @ w0 - ones)[:, None]
+        try:
+            correction = torch.linalg.solve(similarity.detach(), residual)[:, 0]
+        except RuntimeError:  # exactly singular (coincident points): minimum-norm correction
+            correction = (torch.linalg.pinv(similarity.detach(), hermitian=True) @ residual)[:, 0]
+        w = w0 - correction
+    else:
+        w = solve_weighting(similarity)
+    return _finish(w, is_torch, dtype)
+
+
+def magnitude_function(
+    X: Any, ts: Sequence[float] | np.ndarray | torch.Tensor, metric: Metric = "euclidean"
+) -> Any:
+    """The magnitude function t -> |tX| evaluated at each scale in ``ts`` (distances computed once)."""
+    scales = [float(t) for t in (ts.tolist() if isinstance(ts, torch.Tensor | np.ndarray) else ts)]
+    if not scales:
+        raise UsageError("ts must contain at least one scale")
+    for t in scales:
+        _check_scale(t)
+    distances, is_torch, dtype = _as_distances(X, metric)
+    values = torch.stack([magnitude_from_similarity(similarity_matrix(distances, t)) for t in scales])
+    return _finish(values, is_torch, dtype)
+
+
+def magnitude_dimension(X: Any, ts: Sequence[float] | np.ndarray, metric: Metric = "euclidean") -> np.ndarray:
+    """The magnitude dimension: slope of log|tX| against log t at each t in ``ts`` (finite differences)."""
+    scales = np.asarray(ts, dtype=np.float64)
+    if scales.size < 2:
+        raise UsageError("magnitude_dimension needs at least two scales")
+    values = magnitude_function(X.detach() if isinstance(X, torch.Tensor) else X, scales, metric)
+    values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return np.gradient(np.log(values.astype(np.float64)), np.log(scales))
+
+
+def scale_for_fraction(
+    X: Any,
+    fraction: float = 0.95,
+    invariant: Literal["magnitude", "spread"] = "magnitude",
+    metric: Metric = "euclidean",
+    t_min: float = 1e-3,
+    t_max: float = 1e3,
+) -> float:
+    """Smallest t (bisection in log t) at which the invariant reaches ``fraction`` of its limit.
+
+    The limit is the number of distinct points (coincident points count once). The result is
+    clamped to [t_min, t_max]; a set of one distinct point returns t_min.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"fraction must lie in (0, 1), got {fraction}")
+    distances, _, _ = _as_distances(X.detach() if isinstance(X, torch.Tensor) else X, metric)
+    return _scale_for_fraction_distances(distances, fraction, invariant, t_min, t_max)
+
+
+def _scale_for_fraction_distances(
+    distances: torch.Tensor, fraction: float, invariant: str, t_min: float, t_max: float, iterations: int = 40
+) -> float:
+    with torch.no_grad():
+        n = distances.shape[0]
+        # distinct points: rows with no zero-distance partner before them
+        upper = torch.triu(distances == 0, diagonal=1)
+        distinct = n - int(upper.any(dim=0).sum())
+        if distinct <= 1:
+            return t_min
+        target = fraction * distinct
+        evaluate = magnitude_from_similarity if invariant == "magnitude" else spread_from_similarity
+
+        def value(t: float) -> float:
+            return float(evaluate(similarity_matrix(distances, t)))
+
+        if value(t_min) >= target:
+            return t_min
+        if value(t_max) < target:
+            return t_max
+        low, high = math.log(t_min), math.log(t_max)
+        for _ in range(iterations):
+            middle = 0.5 * (low + high)
+            if value(math.exp(middle)) >= target:
+                high = middle
+            else:
+                low = middle
+        return math.exp(high)

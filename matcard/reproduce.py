@@ -1,0 +1,534 @@
+"""The reference synthetic experiment of the cardinality-augmented losses (methods brief §2).
+
+Setup, as in the reference work:
+
+- data: ``sklearn.datasets.make_classification`` with 10,000 samples, 20 features (15
+  informative, 5 redundant), 10 classes, one cluster per class, ``flip_y`` 0.01, class
+  weights [m, (1 - m)/9 x 9] (majority m = 0.5), ``random_state`` = the seed; standardised
+  (StandardScaler on all of X, in the reference's order), then a 70/30 train/test split
+  (``train_test_split(test_size=0.3, random_state=seed)``, not stratified);
+- model: MLP 20-32-10 with ReLU, torch default initialisation after ``torch.manual_seed(seed)``;
+- training: plain SGD, lr 0.01, batch 32, reshuffled every epoch exactly as a
+  ``DataLoader(shuffle=True)`` does (same torch RNG consumption), 100 epochs;
+- metrics on the test split after every epoch: accuracy, macro-F1, macro one-vs-rest ROC-AUC.
+
+Two protocols are reported per loss:
+
+- ``best_over_epochs`` (the reference's, optimistic): each metric's best test value over epochs;
+- ``validation_selected``: a second run trained on the train split minus a stratified 15 %
+  validation split carved from it (seeded); the epoch with the best validation macro-F1 is
+  selected and its test metrics are reported.
+
+Losses: the four of the reference (magnitude, spread, ce, mse) and every baseline of
+:mod:`matcard.losses`, plus sampler / resampler baselines written ``ce+<variant>``
+(``ce+balanced_sampler``, ``ce+undersample``, ``ce+smote``) and the post-hoc logit
+adjustment of the cross-entropy model (``ce+posthoc_la``, evaluated from the ``ce`` runs).
+
+Each (loss, seed, protocol) job is written atomically under ``<out>/jobs/`` and skipped when
+the experiment is re-run with the same settings, so an interrupted reproduction resumes.
+Jobs run in parallel worker processes (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matcard.errors import MatcardError, UsageError
+from matcard.fileio import atomic_path, atomic_write_json, atomic_write_text
+
+REFERENCE_SEED = 2048
+SEED_COUNT_LIMIT = 100  # `--seeds N` with N <= this is a count; larger single values are seeds
+REFERENCE_LOSSES: tuple[str, ...] = ("magnitude", "spread", "ce", "mse")
+BASELINE_LOSSES: tuple[str, ...] = (
+    "weighted_ce",
+    "focal",
+    "class_balanced",
+    "ldam",
+    "logit_adjusted",
+    "balanced_softmax",
+    "seesaw",
+    "equalization",
+    "inverse_view",
+    "ot_reweight",
+    "ce+balanced_sampler",
+    "ce+undersample",
+    "ce+smote",
+)
+DERIVED_LOSSES: dict[str, str] = {"ce+posthoc_la": "ce"}  # evaluated from another loss's runs
+ALL_LOSSES: tuple[str, ...] = REFERENCE_LOSSES + BASELINE_LOSSES + tuple(DERIVED_LOSSES)
+VARIANTS = ("balanced_sampler", "undersample", "smote")
+PROTOCOLS = ("best_over_epochs", "validation_selected")
+
+# Parameters for the plain MLP of this experiment: its head is an ordinary linear layer, so
+# LDAM's cosine scale s = 30 does not apply.
+SYNTHETIC_LOSS_PARAMS: dict[str, dict[str, Any]] = {"ldam": {"s": 1.0}}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Settings of the reference experiment (defaults = methods brief §2)."""
+
+    seeds: tuple[int, ...] = (REFERENCE_SEED,)
+    majority: float = 0.5
+    epochs: int = 100
+    losses: tuple[str, ...] = ALL_LOSSES
+    protocols: tuple[str, ...] = PROTOCOLS
+    n_samples: int = 10_000
+    n_features: int = 20
+    n_informative: int = 15
+    n_redundant: int = 5
+    n_classes: int = 10
+    flip_y: float = 0.01
+    test_size: float = 0.3
+    validation_size: float = 0.15
+    hidden: int = 32
+    lr: float = 0.01
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise UsageError("seeds: at least one seed is needed")
+        if not 1.0 / self.n_classes <= self.majority < 1.0:
+            raise UsageError(f"majority must lie in [{1.0 / self.n_classes:g}, 1), got {self.majority}")
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        unknown = [name for name in self.losses if name not in ALL_LOSSES]
+        if unknown:
+            raise UsageError(f"losses: unknown {unknown}; available: {', '.join(ALL_LOSSES)}")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad:
+            raise UsageError(f"protocols: unknown {bad}; available: {', '.join(PROTOCOLS)}")
+
+    def job_key(self) -> str:
+        """Hash of everything but the seed/loss/protocol selection: jobs are reusable across runs."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("seeds", "losses", "protocols")}
+        fields["loss_params"] = SYNTHETIC_LOSS_PARAMS
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds``: "N" (N <= 100) is a count of seeds starting at the reference seed 2048; a
+    single value above 100, a comma list ("2048,7" or "7,") or a range ("2048-2050") are seeds."""
+    value = text.strip()
+    if not value:
+        raise UsageError("--seeds is empty")
+    try:
+        if "," in value:
+            seeds = tuple(int(part) for part in value.split(",") if part.strip())
+        elif "-" in value[1:]:
+            start_text, end_text = value.split("-", 1) if not value.startswith("-") else (value, "")
+            start, end = int(start_text), int(end_text)
+            if end < start:
+                raise UsageError(f"--seeds range {value!r} is empty")
+            seeds = tuple(range(start, end + 1))
+        else:
+            number = int(value)
+            if 1 <= number <= SEED_COUNT_LIMIT:
+                seeds = tuple(REFERENCE_SEED + i for i in range(number))
+            elif number > SEED_COUNT_LIMIT:
+                seeds = (number,)
+            else:
+                raise UsageError(f"--seeds count must be >= 1, got {number}")
+    except ValueError as error:
+        raise UsageError(
+            f"--seeds must be a count, a comma list or a range of integers, got {text!r}"
+        ) from error
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise UsageError(f"--seeds must give non-negative seeds, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds has duplicates: {text!r}")
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------------
+# data, metrics, one training run
+# ---------------------------------------------------------------------------------------------
+
+
+def make_synthetic(config: SyntheticConfig, seed: int) -> dict[str, np.ndarray]:
+    """Train/test (and validation-protocol) arrays for one seed, as float32 / int64."""
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    minority = (1.0 - config.majority) / (config.n_classes - 1)
+    X, y = make_classification(
+        n_samples=config.n_samples,
+        n_features=config.n_features,
+        n_informative=config.n_informative,
+        n_redundant=config.n_redundant,
+        n_classes=config.n_classes,
+        n_clusters_per_class=1,
+        weights=[config.majority] + [minority] * (config.n_classes - 1),
+        flip_y=config.flip_y,
+        random_state=seed,
+    )
+    X = StandardScaler().fit_transform(X)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=config.test_size, random_state=seed)
+    X_fit, X_val, y_fit, y_val = train_test_split(
+        X_train, y_train, test_size=config.validation_size, random_state=seed, stratify=y_train
+    )
+    as32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    as64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+    return {
+        "X_train": as32(X_train), "y_train": as64(y_train), "X_test": as32(X_test), "y_test": as64(y_test),
+        "X_fit": as32(X_fit), "y_fit": as64(y_fit), "X_val": as32(X_val), "y_val": as64(y_val),
+    }  # fmt: skip
+
+
+def classification_scores(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and macro one-vs-rest ROC-AUC (sklearn definitions, vectorised for speed).
+
+    Classes absent from ``y_true`` are left out of the ROC-AUC mean (as sklearn's would fail);
+    macro-F1 averages over all classes (sklearn's ``labels=range(C)``, zero_division=0).
+    """
+    from scipy.stats import rankdata
+
+    n_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.bincount(y_true * n_classes + predicted, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
+    true_positive = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted_count = confusion.sum(axis=0)
+    denominator = support + predicted_count
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    aucs = []
+    for c in range(n_classes):
+        positive = y_true == c
+        n_pos = int(positive.sum())
+        n_neg = positive.size - n_pos
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(probabilities[:, c])
+        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return {
+        "accuracy": float(true_positive.sum() / max(1, y_true.size)),
+        "macro_f1": float(f1.mean()),
+        "roc_auc": float(np.mean(aucs)) if aucs else float("nan"),
+    }
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    loss, _, variant = spec.partition("+")
+    return loss, (variant or None)
+
+
+def run_job(config: SyntheticConfig, spec: str, seed: int, protocol: str) -> list[dict[str, Any]]:
+    """Train one model and return one record per epoch (test metrics; validation metrics too)."""
+    import torch
+    from torch import nn
+
+    from matcard.losses import build, posthoc_logit_adjust, resample
+    from matcard.losses.samplers import ClassBalancedSampler, UnderSampler
+
+    torch.set_num_threads(1)
+    loss_name, variant = _split_spec(spec)
+    data = make_synthetic(config, seed)
+    if protocol == "best_over_epochs":
+        X_train, y_train = data["X_train"], data["y_train"]
+    else:
+        X_train, y_train = data["X_fit"], data["y_fit"]
+    if variant == "smote":
+        X_train, y_train = resample(X_train, y_train, "smote", random_state=seed)
+        X_train, y_train = X_train.astype(np.float32), y_train.astype(np.int64)
+    class_counts = np.bincount(y_train, minlength=config.n_classes)
+
+    torch.manual_seed(seed)
+    hidden_layer = nn.Linear(config.n_features, config.hidden)
+    output_layer = nn.Linear(config.hidden, config.n_classes)
+    activation = nn.ReLU()
+    parameters = [*hidden_layer.parameters(), *output_layer.parameters()]
+    optimizer = torch.optim.SGD(parameters, lr=config.lr)
+    loss_fn = build(loss_name, class_counts, **SYNTHETIC_LOSS_PARAMS.get(loss_name, {}))
+    loss_fn.train()
+    needs_embeddings = loss_fn.uses_embeddings
+
+    features = torch.from_numpy(X_train)
+    labels = torch.from_numpy(y_train)
+    evaluation_sets = {"test": (torch.from_numpy(data["X_test"]), data["y_test"])}
+    if protocol == "validation_selected":
+        evaluation_sets["val"] = (torch.from_numpy(data["X_val"]), data["y_val"])
+    sampler: Any = None
+    if variant == "balanced_sampler":
+        sampler = ClassBalancedSampler(y_train, seed=seed)
+    elif variant == "undersample":
+        sampler = UnderSampler(y_train, seed=seed)
+    posthoc = loss_name == "ce" and variant is None
+
+    records: list[dict[str, Any]] = []
+    n_train = features.shape[0]
+    batch_size = config.batch_size
+    for epoch in range(config.epochs):
+        loss_fn.on_epoch_start(epoch, config.epochs)
+        if sampler is not None:
+            order = torch.as_tensor(list(iter(sampler)))
+        else:
+            # exactly what DataLoader(shuffle=True) does each epoch (RandomSampler): a fresh
+            # generator seeded from the global torch RNG, so runs match a DataLoader-based loop
+            generator = torch.Generator()
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            order = torch.randperm(n_train, generator=generator)
+        epoch_loss, steps = 0.0, 0
+        for batch_indices in torch.split(order, batch_size):
+            hidden = activation(hidden_layer(features[batch_indices]))
+            logits = output_layer(hidden)
+            loss = loss_fn(logits, labels[batch_indices], hidden if needs_embeddings else None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += float(loss.detach())
+            steps += 1
+        if not math.isfinite(epoch_loss):
+            raise MatcardError(
+                f"{spec} seed {seed}: the training loss became non-finite at epoch {epoch + 1}"
+            )
+        record: dict[str, Any] = {"loss": spec, "seed": seed, "protocol": protocol, "epoch": epoch + 1}
+        record["train_loss"] = epoch_loss / steps
+        with torch.no_grad():
+            for split, (X_eval, y_eval) in evaluation_sets.items():
+                eval_logits = output_layer(activation(hidden_layer(X_eval)))
+                scores = classification_scores(y_eval, torch.softmax(eval_logits, 1).double().numpy())
+                record.update({f"{split}_{k}": v for k, v in scores.items()})
+                if posthoc:
+                    adjusted = posthoc_logit_adjust(eval_logits, class_counts)
+                    scores = classification_scores(y_eval, torch.softmax(adjusted, 1).double().numpy())
+                    record.update({f"posthoc_{split}_{k}": v for k, v in scores.items()})
+        records.append(record)
+    return records
+
+
+def _run_job_in_worker(config: SyntheticConfig, spec: str, seed: int, protocol: str) -> list[dict[str, Any]]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return run_job(config, spec, seed, protocol)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole experiment
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticResult:
+    config: SyntheticConfig
+    summary: list[dict[str, Any]]  # one row per (loss, protocol): mean and std over seeds
+    per_seed: list[dict[str, Any]]  # one row per (loss, protocol, seed)
+    per_epoch: Any  # pandas DataFrame of every epoch record
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    reused_jobs: int = 0
+
+
+# rough relative cost per training step, to start the slowest jobs first
+_COST = {"magnitude": 3.0, "ot_reweight": 3.0, "spread": 1.5, "ce+smote": 1.6}
+
+
+def run_synthetic(
+    config: SyntheticConfig,
+    out_dir: str | os.PathLike[str],
+    workers: int | None = None,
+    on_job_done: Callable[[str, int, str], None] | None = None,
+) -> SyntheticResult:
+    """Run (or resume) every (loss, seed, protocol) job, then summarise and write CSV/JSON/plot."""
+    import pandas as pd
+
+    config.validate()
+    started = time.perf_counter()
+    out = Path(out_dir)
+    jobs_dir = out / "jobs" / config.job_key()
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    trained = sorted(
+        {DERIVED_LOSSES.get(name, name) for name in config.losses}, key=lambda s: -_COST.get(s, 1.0)
+    )
+    wanted = [
+        (spec, seed, protocol) for spec in trained for seed in config.seeds for protocol in config.protocols
+    ]
+
+    def job_path(spec: str, seed: int, protocol: str) -> Path:
+        return jobs_dir / f"{spec.replace('+', '__')}_seed{seed}_{protocol}.json"
+
+    records: list[dict[str, Any]] = []
+    pending: list[tuple[str, int, str]] = []
+    for job in wanted:
+        path = job_path(*job)
+        if path.is_file():
+            try:
+                loaded = json.loads(path.read_text())
+                if len(loaded) == config.epochs:
+                    records.extend(loaded)
+                    if on_job_done:
+                        on_job_done(*job)
+                    continue
+            except (OSError, json.JSONDecodeError):
+                pass  # a damaged job file is simply recomputed
+        pending.append(job)
+    reused = len(wanted) - len(pending)
+
+    def store(job: tuple[str, int, str], job_records: list[dict[str, Any]]) -> None:
+        atomic_write_json(job_path(*job), job_records, indent=None)
+        records.extend(job_records)
+        if on_job_done:
+            on_job_done(*job)
+
+    n_workers = max(1, min(workers or (os.cpu_count() or 1), len(pending) or 1))
+    if pending and n_workers == 1:
+        for job in pending:
+            store(job, run_job(config, *job))
+    elif pending:
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_job_in_worker, config, *job): job for job in pending}
+            try:
+                for future in as_completed(futures):
+                    store(futures[future], future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    per_epoch = pd.DataFrame.from_records(records)
+    per_seed = _per_seed_rows(per_epoch, config)
+    summary = _summary_rows(per_seed, config)
+    result = SyntheticResult(
+        config, summary, per_seed, per_epoch, out, elapsed_s=time.perf_counter() - started, reused_jobs=reused
+    )
+    result.files = write_outputs(result)
+    return result
+
+
+_METRICS = ("accuracy", "macro_f1", "roc_auc")
+
+
+def _per_seed_rows(per_epoch: Any, config: SyntheticConfig) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for spec in config.losses:
+        source = DERIVED_LOSSES.get(spec, spec)
+        prefix = "posthoc_" if spec in DERIVED_LOSSES else ""
+        for protocol in config.protocols:
+            for seed in config.seeds:
+                runs = per_epoch[
+                    (per_epoch["loss"] == source)
+                    & (per_epoch["seed"] == seed)
+                    & (per_epoch["protocol"] == protocol)
+                ].sort_values("epoch")
+                if runs.empty:
+                    continue
+                row: dict[str, Any] = {"loss": spec, "protocol": protocol, "seed": seed}
+                if protocol == "best_over_epochs":
+                    for metric in _METRICS:
+                        column = runs[f"{prefix}test_{metric}"]
+                        row[metric] = float(column.max())
+                        row[f"{metric}_epoch"] = int(runs["epoch"].iloc[int(np.argmax(column.to_numpy()))])
+                else:
+                    best = runs.iloc[int(np.argmax(runs[f"{prefix}val_macro_f1"].to_numpy()))]
+                    row.update({metric: float(best[f"{prefix}test_{metric}"]) for metric in _METRICS})
+                    row["selected_epoch"] = int(best["epoch"])
+                rows.append(row)
+    return rows
+
+
+def _summary_rows(per_seed: list[dict[str, Any]], config: SyntheticConfig) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for spec in config.losses:
+        for protocol in config.protocols:
+            chosen = [r for r in per_seed if r["loss"] == spec and r["protocol"] == protocol]
+            if not chosen:
+                continue
+            row: dict[str, Any] = {"loss": spec, "protocol": protocol}
+            for metric in _METRICS:
+                values = np.array([r[metric] for r in chosen], dtype=np.float64)
+                row[metric] = float(values.mean())
+                row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+            row["n_seeds"] = len(chosen)
+            rows.append(row)
+    return rows
+
+
+def write_outputs(result: SyntheticResult) -> dict[str, Path]:
+    """summary.csv, per_seed.csv, per_epoch.csv, results.json and macro_f1_per_epoch.png (atomic)."""
+    import pandas as pd
+
+    out = result.out_dir
+    files = {
+        "summary": out / "summary.csv",
+        "per_seed": out / "per_seed.csv",
+        "per_epoch": out / "per_epoch.csv",
+        "json": out / "results.json",
+        "plot": out / "macro_f1_per_epoch.png",
+    }
+    atomic_write_text(files["summary"], pd.DataFrame(result.summary).to_csv(index=False))
+    atomic_write_text(files["per_seed"], pd.DataFrame(result.per_seed).to_csv(index=False))
+    atomic_write_text(files["per_epoch"], result.per_epoch.to_csv(index=False))
+    config = asdict(result.config)
+    atomic_write_json(
+        files["json"], {"config": config, "summary": result.summary, "per_seed": result.per_seed}
+    )
+    plot_macro_f1(result, files["plot"])
+    return files
+
+
+def plot_macro_f1(result: SyntheticResult, path: Path) -> None:
+    """Test macro-F1 per epoch, mean over seeds, one line per loss (reference-protocol runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = result.per_epoch
+    frame = (
+        frame[frame["protocol"] == "best_over_epochs"]
+        if "best_over_epochs" in set(frame["protocol"])
+        else frame
+    )
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for spec in result.config.losses:
+        source = DERIVED_LOSSES.get(spec, spec)
+        column = ("posthoc_" if spec in DERIVED_LOSSES else "") + "test_macro_f1"
+        runs = frame[frame["loss"] == source]
+        if runs.empty or column not in runs:
+            continue
+        curve = runs.groupby("epoch")[column].mean()
+        highlighted = spec in REFERENCE_LOSSES
+        axis.plot(
+            curve.index, curve.to_numpy(), label=spec, linewidth=2.2 if highlighted else 1.0,
+            alpha=1.0 if highlighted else 0.7, linestyle="-" if highlighted else "--",
+        )  # fmt: skip
+    seeds = ", ".join(str(s) for s in result.config.seeds)
+    axis.set(
+        xlabel="epoch", ylabel="test macro-F1 (mean over seeds)",
+        title=f"Synthetic 10-class task, majority {result.config.majority:g}, seeds {seeds}",
+    )  # fmt: skip
+    axis.grid(alpha=0.3)
+    axis.legend(ncol=2, fontsize=8, loc="lower right")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+    plt.close(figure)
+
+
+def summary_for_json(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``--json`` rows: loss, protocol, accuracy, macro_f1, roc_auc (+ their std and n_seeds)."""
+    keys = (
+        "loss",
+        "protocol",
+        "accuracy",
+        "macro_f1",
+        "roc_auc",
+        "accuracy_std",
+        "macro_f1_std",
+        "roc_auc_std",
+    )
+    return [{key: row[key] for key in (*keys, "n_seeds")} for row in summary]
