@@ -10,9 +10,12 @@ to disk shard by shard, and the merge and shortlist read one shard part at a tim
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,6 +39,7 @@ from matcard.screening.worker import ShardItem, ShardOutput, ShardTask, Training
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 DEFAULT_BATCH_SIZE = 256
+PREFETCH_ITEMS = 1024  # parsed structures buffered between the reader thread and the shard loop
 
 
 @dataclass
@@ -304,7 +308,57 @@ class _Pending:
 def _iter_items(sources: list[str], disorder: str, timeout: float) -> Iterator[Any]:
     from matcard.structures import iter_structures
 
-    yield from iter_structures(*sources, disorder=disorder, timeout=timeout)
+    return _prefetch(iter_structures(*sources, disorder=disorder, timeout=timeout), PREFETCH_ITEMS)
+
+
+_END = object()
+
+
+def _prefetch(iterator: Iterator[Any], maxsize: int) -> Iterator[Any]:
+    """Drain ``iterator`` in a background thread into a bounded queue.
+
+    The reader's parser processes only run ahead as far as their pipes allow; a thread that keeps
+    draining them lets parsing overlap with featurizing and predicting in this process (torch and
+    the neighbour search release the GIL), while the queue bound keeps memory flat.
+    """
+    items: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put((_END, exc))
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # stops the reader's worker processes
+        items.put((_END, None))
+
+    thread = threading.Thread(target=pump, name="matcard-screen-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a pump waiting on a full queue, then let it finish
+            with contextlib.suppress(queue.Empty):
+                items.get(timeout=0.1)
 
 
 def _run(
@@ -559,19 +613,30 @@ class _TableWriter:
 
 
 class _AseWriter:
-    """Predictions as key-value pairs in an ASE database, one row per screened structure.
+    """Predictions as key-value pairs in an ASE database.
 
-    Rows are matched on ``matcard_key`` (a hash of id + source), so a resumed screen updates the
-    rows an interrupted run already wrote instead of adding duplicates. Keys: ``matcard_id``,
-    ``matcard_class``, ``matcard_max_prob``, ``matcard_prob_<class>``, ``matcard_flags``.
+    A structure read from this same database (source ``<db>#id=<row>``) gets its own row updated;
+    any other structure is written as a new row, matched on ``matcard_key`` (a hash of id + source)
+    so a resumed or repeated screen updates the rows it wrote before instead of duplicating them.
+    Keys: ``matcard_id``, ``matcard_class``, ``matcard_max_prob``, ``matcard_prob_<class>``,
+    ``matcard_flags`` ("-" when none).
     """
 
     def __init__(self, path: Path, class_names: list[str]) -> None:
         import ase.db
 
-        self.path = path
-        self.db = ase.db.connect(str(path))
+        self.path = path.resolve()
+        try:
+            self.db = ase.db.connect(str(path))
+        except Exception as exc:
+            raise UsageError(f"--ase-db: cannot open {path} as an ASE database: {exc}") from exc
         self.prob_keys = {name: "matcard_prob_" + _ase_key(name) for name in class_names}
+
+    def _own_row(self, source: str) -> int | None:
+        path, _, row = source.rpartition("#id=")
+        if path and row.isdigit() and Path(path).resolve() == self.path:
+            return int(row)
+        return None
 
     def write(self, items: Sequence[ShardItem], results: pa.Table) -> None:
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -579,25 +644,34 @@ class _AseWriter:
         by_seq = {item.seq: item for item in items}
         with self.db:  # one transaction per shard
             for row in results.to_pylist():
-                item = by_seq[row["seq"]]
-                key = str(item_key(row["id"], row["source"]))
+                key = f"k{item_key(row['id'], row['source']) & 0xFFFFFFFFFFFFFFFF:016x}"
                 pairs = {
                     "matcard_key": key,
-                    "matcard_id": row["id"],
-                    "matcard_class": row["predicted_class"],
+                    "matcard_id": _ase_value(row["id"]),
+                    "matcard_class": _ase_value(row["predicted_class"]),
                     "matcard_max_prob": float(row["max_prob"]),
                     "matcard_flags": row["flags"] or "-",
                     **{ase_key: float(row[f"prob_{name}"]) for name, ase_key in self.prob_keys.items()},
                 }
-                existing = [r.id for r in self.db.select(matcard_key=key)]
+                own = self._own_row(row["source"])
+                existing = [own] if own is not None else [r.id for r in self.db.select(matcard_key=key)]
                 if existing:
                     self.db.update(existing[0], **pairs)
                 else:
-                    atoms = AseAtomsAdaptor.get_atoms(item.structure)
+                    atoms = AseAtomsAdaptor.get_atoms(by_seq[row["seq"]].structure)
                     self.db.write(atoms, key_value_pairs=pairs)
 
     def close(self) -> None:
-        pass
+        close = getattr(self.db, "close", None)
+        if close is not None:
+            close()
+
+
+def _ase_value(text: str) -> Any:
+    """ASE refuses strings that read as numbers or booleans ("42", "True"): store those typed."""
+    from ase.db.core import convert_str_to_int_float_bool_or_str
+
+    return convert_str_to_int_float_bool_or_str(text)
 
 
 def _ase_key(name: str) -> str:

@@ -40,7 +40,8 @@ def _results(seqs: list[int], prefix: str = "s") -> pa.Table:
 
 def _errors(seqs: list[int]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"seq": s, "id": "", "source": f"bad{s}.cif", "reason": "parse error"} for s in seqs], schema=ERROR_SCHEMA
+        [{"seq": s, "id": "", "source": f"bad{s}.cif", "reason": "parse error"} for s in seqs],
+        schema=ERROR_SCHEMA,
     )
 
 
