@@ -294,7 +294,7 @@ class FeatureStore:
 
         info = self.shards[index]
         try:
-            return torch.load(self.path / info.file, weights_only=True, mmap=True)  # type: ignore[no-any-return]
+            return torch.load(self.path / info.file, weights_only=True)  # type: ignore[no-any-return]
         except (OSError, RuntimeError, EOFError) as error:
             raise MatcardError(
                 f"{self.path / info.file} is unreadable ({error}); rerun to rebuild"

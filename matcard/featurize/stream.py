@@ -1,7 +1,8 @@
 """Stream a sharded FeatureStore into torch-geometric loaders without loading it all.
 
 ``ShardedGraphDataset`` is a ``torch.utils.data.IterableDataset``: it reads one shard at a time
-(memory-mapped), optionally shuffles shard order and items within a shard (a per-epoch seed),
+(read whole, not memory-mapped:
+a file changed on disk then cannot crash a reader), optionally shuffles shard order and items within a shard (a per-epoch seed),
 and splits shards across DataLoader workers and distributed ranks so every item is seen exactly
 once per epoch. Feed it to ``torch_geometric.loader.DataLoader(ds, batch_size=...)``.
 """

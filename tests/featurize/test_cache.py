@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.loader import DataLoader
+
+from matcard.featurize import FeatureStore, ShardedGraphDataset, featurize_items
+
+
+def _same_graphs(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for key in ("x", "z", "edge_index", "edge_dist", "edge_offset"):
+            assert torch.equal(x[key], y[key])
+
+
+@pytest.fixture
+def items(mp20_items):
+    return mp20_items[:120]
+
+
+def test_second_run_is_served_from_the_cache(items, tmp_path: Path) -> None:
+    first = featurize_items(items, "graph", out=tmp_path / "store", jobs=1, shard_size=50, progress=False)
+    assert not first.from_cache and first.built == 120 and len(first.store) == 120
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "manifest.json",
+        "shard-00000.pt",
+        "shard-00001.pt",
+        "shard-00002.pt",
+    ]
+    second = featurize_items(items, "graph", out=tmp_path / "store", jobs=1, shard_size=50, progress=False)
+    assert second.from_cache and second.built == 0
+    _same_graphs(first.load(), second.load())
+    # the stored graphs are exactly what the featurizer builds directly
+    _same_graphs(second.load()[:5], [first.featurizer(s) for _, s in items[:5]])
+
+
+def test_truncated_shard_is_rebuilt_not_trusted(items, tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    reference = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False).load()
+    shard = out / "shard-00001.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    again = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    assert not again.from_cache and again.rebuilt_shards == [1] and again.built == 50
+    _same_graphs(again.load(), reference)
+
+
+def test_corrupted_bytes_of_the_same_size_are_detected(items, tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    shard = out / "shard-00002.pt"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    again = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    assert again.rebuilt_shards == [2]
+
+
+def test_corrupt_manifest_and_interrupted_runs_resume(items, tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    # an interrupted run: the last shard never got written
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:2]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "shard-00002.pt").unlink()
+    resumed = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    assert resumed.built == 20 and len(resumed.store) == 120 and resumed.store.complete
+    # a manifest that is not JSON at all: everything is rebuilt
+    (out / "manifest.json").write_text("{ truncated")
+    rebuilt = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    assert rebuilt.built == 120 and len(rebuilt.store) == 120
+
+
+def test_key_changes_with_the_featurizer_config(items, tmp_path: Path) -> None:
+    a = featurize_items(items[:20], {"kind": "graph", "cutoff": 6.0}, progress=False, jobs=1)
+    b = featurize_items(items[:20], {"kind": "graph", "cutoff": 7.0}, progress=False, jobs=1)
+    c = featurize_items(items[:20], {"kind": "graph", "cutoff": 6.0}, progress=False, jobs=1)
+    assert a.store.key != b.store.key and a.store.path != b.store.path
+    assert c.from_cache and c.store.path == a.store.path
+    # the default location is under MATCARD_DATA_DIR (isolated per test session)
+    assert "features" in a.store.path.parts
+
+
+def test_failures_are_recorded_and_the_rest_is_stored(items, tmp_path: Path) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    broken = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0, 0, 0.001]])
+    mixed = [*items[:10], ("broken", broken), ("missing", None), *items[10:20]]
+    report = featurize_items(mixed, "graph", out=tmp_path / "s", jobs=1, shard_size=8, progress=False)
+    assert len(report.store) == 20
+    assert {(f.id, f.position) for f in report.failures} == {("broken", 10), ("missing", 11)}
+    assert all(f.reason for f in report.failures)
+    reopened = FeatureStore.read(tmp_path / "s")
+    assert [f.id for f in reopened.failures] == ["broken", "missing"]
+    assert 10 not in reopened.positions() and len(reopened.ids()) == 20
+
+
+def test_labels_are_attached_by_input_position(items, tmp_path: Path) -> None:
+    report = featurize_items(items[:30], "graph", out=tmp_path / "s", jobs=1, shard_size=16, progress=False)
+    labels = np.arange(30) % 3
+    graphs = report.store.load(labels)
+    assert [int(g.y) for g in graphs] == list(labels)
+
+
+def test_sharded_stream_visits_every_item_once(items, tmp_path: Path) -> None:
+    report = featurize_items(items[:100], "graph", out=tmp_path / "s", jobs=1, shard_size=16, progress=False)
+    labels = np.arange(100)  # y = input position, to see which items were streamed
+    dataset = ShardedGraphDataset(report.store, labels, shuffle=True, seed=1)
+    seen = []
+    for batch in DataLoader(dataset, batch_size=32, num_workers=2):
+        assert batch.edge_index.max() < batch.num_nodes
+        seen += batch.y.tolist()
+    assert sorted(seen) == list(range(100)) and seen != list(range(100))
+    # a split: only the requested positions, across two "ranks"
+    train = np.arange(0, 100, 2)
+    ranks = [ShardedGraphDataset(report.store, labels, positions=train, rank=r, world_size=2) for r in (0, 1)]
+    streamed = [int(g.y) for ds in ranks for g in ds]
+    assert sorted(streamed) == list(train)
+
+
+def test_composition_store_gives_a_matrix(tmp_path: Path) -> None:
+    formulas = [(f"g{i}", f) for i, f in enumerate(["NaCl", "SiO2", "Fe2O3", "Xx", "LiF"])]
+    report = featurize_items(formulas, "composition", out=tmp_path / "c", jobs=1, progress=False)
+    matrix, positions = report.store.matrix()
+    assert matrix.shape[0] == 4 and positions.tolist() == [0, 1, 2, 4]
+    assert [f.id for f in report.failures] == ["g3"]
+    assert tuple(report.load()[0].x.shape) == (1, matrix.shape[1])
