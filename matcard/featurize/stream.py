@@ -1,10 +1,10 @@
 """Stream a sharded FeatureStore into torch-geometric loaders without loading it all.
 
 ``ShardedGraphDataset`` is a ``torch.utils.data.IterableDataset``: it reads one shard at a time
-(read whole, not memory-mapped:
-a file changed on disk then cannot crash a reader), optionally shuffles shard order and items within a shard (a per-epoch seed),
-and splits shards across DataLoader workers and distributed ranks so every item is seen exactly
-once per epoch. Feed it to ``torch_geometric.loader.DataLoader(ds, batch_size=...)``.
+(read whole, not memory-mapped, so a file changed on disk cannot crash a reader), optionally
+shuffles shard order and items within a shard (a per-epoch seed), and splits shards across
+DataLoader workers and distributed ranks so every item is seen exactly once per epoch.
+Feed it to ``torch_geometric.loader.DataLoader(ds, batch_size=...)``.
 """
 
 from __future__ import annotations
