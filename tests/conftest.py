@@ -66,3 +66,20 @@ def http_mirror(shared_data: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def aflow_dataset():
+    """The embedded 288 AFLOW prototypes (no download), loaded through load_dataset."""
+    from matcard.datasets import load_dataset
+
+    return load_dataset("aflow-prototypes", progress=False)
+
+
+@pytest.fixture(scope="session")
+def mp20_dataset(session_data_dir: Path, file_mirror: str):
+    """mp20-biternary (14,258 structures) downloaded from the file:// mirror of ../shared/data into
+    the session cache and parsed once (the Parquet cache makes later loads fast)."""
+    from matcard.datasets import load_dataset
+
+    return load_dataset("mp20-biternary", mirror=file_mirror, data_dir=session_data_dir, progress=False)

@@ -1,0 +1,1 @@
+"""Live Materials Project queries (filled in below)."""
