@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from matcard.errors import MatcardError, UsageError
+from matcard.errors import UsageError
 from matcard.fileio import atomic_path
 from matcard.screening.backends import make_backend
 from matcard.screening.shards import (
@@ -244,42 +244,58 @@ def _load(model: Any) -> tuple[Any, Any]:
     return model, model
 
 
-def _resolve_inputs(inputs: list[Any]) -> list[str]:
-    """Paths and globs pass to the structure reader; other names are looked up in the registry."""
-    sources: list[str] = []
+def _resolve_inputs(inputs: list[Any]) -> list[Any]:
+    """Paths and globs stay strings (for the structure reader); other names become registry Datasets."""
+    sources: list[Any] = []
     for raw in inputs:
         text = os.fspath(raw)
-        if Path(text).exists() or glob.has_magic(text):
-            if glob.has_magic(text) and not glob.glob(text, recursive=True):
+        if Path(text).expanduser().exists() or glob.has_magic(text):
+            if glob.has_magic(text) and not glob.glob(os.path.expanduser(text), recursive=True):
                 raise UsageError(f"inputs: the pattern {text!r} matches no file")
             sources.append(text)
             continue
-        sources.append(_dataset_source(text))
+        sources.append(_load_registry_dataset(text))
     return sources
 
 
-def _dataset_source(name: str) -> str:
-    """A registry dataset's structure file(s) as something the streaming reader accepts."""
-    try:
-        from matcard.datasets import load_dataset
-    except ImportError as exc:  # pragma: no cover - the datasets package ships with matcard
-        raise UsageError(f"inputs: {name} is not a file, folder or glob") from exc
+def _load_registry_dataset(name: str) -> Any:
+    """A registry dataset (downloaded and parsed once, cached); structures are built lazily."""
+    from matcard.datasets import load_dataset
+
+    if "/" in name or os.sep in name:
+        raise UsageError(f"inputs: no such file or folder: {name}")
     try:
         dataset = load_dataset(name)
     except UsageError as exc:
         raise UsageError(
             f"inputs: {name} is neither an existing path nor a registry dataset ({exc})"
         ) from exc
-    if getattr(dataset, "kind", "structures") != "structures":
+    if getattr(dataset, "store", None) is None:
         raise UsageError(f"inputs: dataset {name} holds compositions only; screening needs structures")
-    path = getattr(dataset, "cache_path", None) or getattr(dataset, "path", None)
-    if path is None:
-        raise MatcardError(f"dataset {name} has no file the structure reader can stream")
-    return str(path)
+    return dataset
+
+
+def _dataset_items(dataset: Any) -> Iterator[Any]:
+    """Failures recorded when the dataset was parsed, then its structures one at a time."""
+    from matcard.structures import StructureRecord
+
+    yield from dataset.failures
+    store = dataset.store
+    sources = dataset.table["source"].tolist() if "source" in dataset.table.columns else None
+    for index, item_id in enumerate(dataset.ids):
+        source = str(sources[index]) if sources is not None else f"{dataset.name}#row={index}"
+        flags = tuple(store.flags[index]) if index < len(store.flags) else ()
+        yield StructureRecord(id=item_id, source=source, structure=store.structure(index), flags=flags)
+
+
+def _describe_source(source: Any) -> str:
+    if isinstance(source, str):
+        return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+    return f"dataset:{source.name}:{getattr(source, 'content_hash', '')}"
 
 
 def _fingerprint(
-    model: Any, model_ref: Any, sources: list[str], class_names: list[str], disorder: str
+    model: Any, model_ref: Any, sources: list[Any], class_names: list[str], disorder: str
 ) -> dict[str, Any]:
     featurizer_config = getattr(getattr(model, "featurizer", None), "config", None)
     dumped = (
@@ -291,7 +307,7 @@ def _fingerprint(
         "model": model_ref if isinstance(model_ref, str) else repr(type(model).__name__),
         "class_names": class_names,
         "featurizer": dumped,
-        "inputs": [str(Path(s).resolve()) if Path(s).exists() else s for s in sources],
+        "inputs": [_describe_source(s) for s in sources],
         "disorder": disorder,
     }
 
@@ -305,10 +321,24 @@ class _Pending:
     read_failures: list[tuple[int, str, str, str]]
 
 
-def _iter_items(sources: list[str], disorder: str, timeout: float) -> Iterator[Any]:
+def _iter_items(sources: list[Any], disorder: str, timeout: float) -> Iterator[Any]:
+    return _prefetch(_read_sources(sources, disorder, timeout), PREFETCH_ITEMS)
+
+
+def _read_sources(sources: list[Any], disorder: str, timeout: float) -> Iterator[Any]:
+    """Records and failures of every input in order; consecutive paths share one reader pool."""
     from matcard.structures import iter_structures
 
-    return _prefetch(iter_structures(*sources, disorder=disorder, timeout=timeout), PREFETCH_ITEMS)
+    paths: list[str] = []
+    for source in [*sources, None]:
+        if isinstance(source, str):
+            paths.append(source)
+            continue
+        if paths:
+            yield from iter_structures(*paths, disorder=disorder, timeout=timeout)
+            paths = []
+        if source is not None:
+            yield from _dataset_items(source)
 
 
 _END = object()
@@ -364,7 +394,7 @@ def _prefetch(iterator: Iterator[Any], maxsize: int) -> Iterator[Any]:
 def _run(
     model: Any,
     model_ref: Any,
-    sources: list[str],
+    sources: list[Any],
     out: Path,
     class_names: list[str],
     *,
