@@ -1,0 +1,71 @@
+"""Model registry: one architecture per file, built by name.
+
+``build_model(name, in_dim, n_classes, **params)`` returns a ``torch.nn.Module`` whose ``forward``
+takes a torch-geometric ``Batch`` and returns ``(logits, pooled_embedding)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from matcard.errors import ConfigError
+from matcard.models.cgcnn import CGCNN
+from matcard.models.mlp import CompositionMLP
+from matcard.models.schnet import SchNet
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    cls: type[nn.Module]
+    input_kind: str  # "graph" (periodic crystal graphs) or "composition" (descriptor vectors)
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("cgcnn", CGCNN, "graph", "crystal graph convolutions (CGConv), methods §7 defaults"),
+        ModelSpec("schnet", SchNet, "graph", "SchNet continuous-filter convolutions on periodic graphs"),
+        ModelSpec("mlp", CompositionMLP, "composition", "MLP over composition descriptors"),
+    )
+}
+
+
+def available_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"model.name: unknown model {name!r}; choose one of {available_models()}") from None
+
+
+def model_param_names(name: str) -> list[str]:
+    """Keyword parameters the architecture accepts (for config validation)."""
+    signature = inspect.signature(model_spec(name).cls.__init__)
+    return [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def build_model(name: str, in_dim: int, n_classes: int, **params: Any) -> nn.Module:
+    """Build architecture ``name``; unknown or invalid parameters raise ConfigError naming them."""
+    spec = model_spec(name)
+    allowed = set(model_param_names(name))
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"model.params: unknown parameter(s) {unknown} for {spec.name}; allowed: {sorted(allowed)}"
+        )
+    try:
+        return spec.cls(in_dim, n_classes, **params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.params: invalid parameters for {spec.name}: {error}") from error
+
+
+__all__ = ["MODELS", "ModelSpec", "available_models", "build_model", "model_param_names", "model_spec"]

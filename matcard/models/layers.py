@@ -1,0 +1,57 @@
+"""Building blocks shared by the crystal-graph models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn.models.schnet import GaussianSmearing
+
+POOLINGS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+MAX_ATOMIC_NUMBER = 119
+
+
+def gaussian_expansion(cutoff: float, step: float) -> GaussianSmearing:
+    """Distances expanded on Gaussians centred every ``step`` Å from 0 to ``cutoff`` (CGCNN: 0.2 Å)."""
+    if cutoff <= 0 or step <= 0:
+        raise ValueError(f"cutoff and gaussian_step must be positive, got {cutoff} and {step}")
+    n_gaussians = round(cutoff / step) + 1
+    return GaussianSmearing(0.0, cutoff, n_gaussians)
+
+
+def message_edges(batch: Batch) -> torch.Tensor:
+    """Edges oriented neighbour -> centre, so that messages are aggregated on each centre atom.
+
+    The graph featurizer stores ``edge_index`` as (centre, neighbour) pairs; PyG message passing
+    aggregates on ``edge_index[1]``, hence the flip.
+    """
+    return batch.edge_index.flip(0)
+
+
+class AtomInput(nn.Module):
+    """Initial atom features: a linear map of ``Data.x`` (in_dim > 0) or an embedding of ``Data.z``."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.in_dim = int(in_dim)
+        if self.in_dim > 0:
+            self.layer: nn.Module = nn.Linear(self.in_dim, out_dim)
+        else:
+            self.layer = nn.Embedding(MAX_ATOMIC_NUMBER, out_dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if self.in_dim > 0:
+            x = getattr(batch, "x", None)
+            if x is None or x.dim() != 2 or x.size(1) != self.in_dim:
+                shape = None if x is None else tuple(x.shape)
+                raise ValueError(f"model expects node features Data.x of width {self.in_dim}, got {shape}")
+            return self.layer(x.float())
+        return self.layer(batch.z.long())
+
+
+def pooling(name: str):  # type: ignore[no-untyped-def]
+    try:
+        return POOLINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown pooling {name!r}; choose one of {sorted(POOLINGS)}") from None
