@@ -49,11 +49,384 @@ def fail(error: MatcardError) -> typer.Exit:
 
 # === datasets: datasets / download / inspect =====================================
 
+
+def _human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+@app.command("datasets")
+def datasets_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON on stdout.")] = False,
+) -> None:
+    """List the registered datasets: kind, size, tasks, licence, and whether they are cached."""
+    import json
+
+    from rich.table import Table
+
+    from matcard.datasets.inspect import registry_table
+
+    try:
+        rows = registry_table()
+    except MatcardError as err:
+        raise fail(err) from err
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="matcard datasets")
+    for column in ("name", "kind", "rows", "size", "tasks", "licence", "cached"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["kind"],
+            f"{row['n_rows']:,}" if row["n_rows"] else "query",
+            _human_bytes(row["size_bytes"]),
+            ", ".join(row["tasks"]),
+            row["licence"],
+            row["cached"],
+        )
+    console.print(table)
+
+
+@app.command("download")
+def download_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Registered dataset name(s).")] = None,
+    dest: Annotated[
+        str | None,
+        typer.Option(help="Cache folder (default: MATCARD_DATA_DIR, data/ in a checkout, user cache)."),
+    ] = None,
+    mirror: Annotated[
+        str | None, typer.Option(help="Base URL (http://, https://, file://) holding <folder>/<file>.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download again even if a verified copy exists.")
+    ] = False,
+    all_datasets: Annotated[bool, typer.Option("--all", help="Download every downloadable dataset.")] = False,
+) -> None:
+    """Download datasets (streamed, resumable, sha256-verified, atomically placed in the cache)."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from matcard.datasets import REGISTRY, download_dataset, get_spec
+    from matcard.errors import UsageError
+
+    try:
+        if all_datasets:
+            specs = [s for s in REGISTRY.values() if s.files]
+        elif names:
+            specs = [get_spec(n) for n in names]
+        else:
+            raise UsageError("give a dataset name (see `matcard datasets`) or --all")
+        table = Table(title="downloaded")
+        for column in ("dataset", "file", "size", "sha256"):
+            table.add_column(column)
+        for spec in specs:
+            if spec.embedded or spec.live:
+                kind = "embedded in pymatgen" if spec.embedded else "queried live (load it with --task)"
+                console.print(f"{spec.name}: nothing to download ({kind})")
+                continue
+            paths = download_dataset(spec, root=dest, mirror=mirror, force=force)
+            for remote, path in zip(spec.files, paths, strict=True):
+                size = _human_bytes(Path(path).stat().st_size)
+                table.add_row(spec.name, str(path), size, remote.sha256[:16] + "…")
+    except MatcardError as err:
+        raise fail(err) from err
+    if table.row_count:
+        console.print(table)
+        console.print("[green]all checksums verified[/]")
+
+
+@app.command("inspect")
+def inspect_command(
+    source: Annotated[
+        str, typer.Argument(help="A registered dataset name, or a file / folder / glob of structures.")
+    ],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="Label task: a registered name, or crystal_system[:symprec=X], COL>=V, LO<=COL<=HI, "
+            "bins:COL:E1,E2, categorical:COL."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    mirror: Annotated[str | None, typer.Option(help="Mirror base URL for registry downloads.")] = None,
+    disorder: Annotated[str, typer.Option(help="Partial occupancies: skip, keep or majority.")] = "skip",
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per structure file.")] = 10.0,
+    workers: Annotated[int | None, typer.Option(help="Parser processes (default: CPUs, max 8).")] = None,
+) -> None:
+    """Structures, failures with reasons, class counts and imbalance ratio of a dataset or path."""
+    import json
+
+    from rich.table import Table
+
+    from matcard.datasets.inspect import inspect_source
+    from matcard.errors import UsageError
+
+    try:
+        if disorder not in {"skip", "keep", "majority"}:
+            raise UsageError(f"--disorder must be skip, keep or majority, got {disorder!r}")
+        summary = inspect_source(
+            source,
+            task,
+            mirror=mirror,
+            disorder=disorder,
+            timeout=timeout,
+            workers=workers,
+            progress=not as_json,
+        )
+    except MatcardError as err:
+        raise fail(err) from err
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    overview = Table(title=f"inspect {source}", show_header=False)
+    overview.add_column("field")
+    overview.add_column("value")
+    overview.add_row("kind", summary["kind"])
+    overview.add_row("structures" if summary["kind"] == "structures" else "rows", f"{summary['n_rows']:,}")
+    overview.add_row("failed", f"{summary['n_failed']:,}")
+    if summary["skipped"]:
+        overview.add_row("skipped (not structures)", str(len(summary["skipped"])))
+    overview.add_row("tasks", ", ".join(summary["tasks"]) or "-")
+    if summary.get("flags"):
+        overview.add_row("flags", ", ".join(f"{k}: {v}" for k, v in summary["flags"].items()))
+    if summary["task"]:
+        overview.add_row("task", summary["task"])
+        ratio = summary["imbalance_ratio"]
+        overview.add_row("imbalance ratio", "-" if ratio is None else f"{ratio:.2f} : 1")
+    console.print(overview)
+    if summary["class_counts"]:
+        counts = Table(title=f"class counts ({summary['task']})")
+        counts.add_column("class")
+        counts.add_column("count", justify="right")
+        counts.add_column("share", justify="right")
+        total = sum(summary["class_counts"].values()) or 1
+        for name, count in summary["class_counts"].items():
+            counts.add_row(name, f"{count:,}", f"{100 * count / total:.1f} %")
+        console.print(counts)
+    if summary["failures"] or summary["skipped"]:
+        problems = Table(title="not read")
+        problems.add_column("source", overflow="fold")
+        problems.add_column("reason", overflow="fold")
+        for item in summary["failures"][:50]:
+            problems.add_row(item["source"], item["reason"])
+        for item in summary["skipped"][:50]:
+            problems.add_row(item["source"], f"[dim]skipped: {item['reason']}[/]")
+        extra = len(summary["failures"]) - 50
+        if extra > 0:
+            problems.add_row("…", f"{extra} more failures (use --json for all)")
+        console.print(problems)
+
+
 # === featurize ===================================================================
 
 # === reproduce ===================================================================
 
+reproduce_app = typer.Typer(help="Reproduce published experiments.", no_args_is_help=True)
+app.add_typer(reproduce_app, name="reproduce")
+
+
+@reproduce_app.command("synthetic")
+def reproduce_synthetic(
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="A count N <= 100 (seeds 2048, 2049, ...), or seeds: a single value > 100 (2048), "
+            "a comma list (2048,7 or 7,) or a range (2048-2050).",
+        ),
+    ] = "3",
+    majority: Annotated[float, typer.Option(help="Share of the majority class.")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="Training epochs per run.")] = 100,
+    losses: Annotated[
+        str | None,
+        typer.Option(help="Comma list of losses (default: all; see --list-losses)."),
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="best_over_epochs, validation_selected or both.")] = "both",
+    out: Annotated[str, typer.Option(help="Output folder (CSV, JSON, plot; finished runs are reused).")] = (
+        "runs/reproduce-synthetic"
+    ),
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel worker processes [CPU count]."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary rows as JSON on stdout.")
+    ] = False,
+    list_losses: Annotated[
+        bool, typer.Option("--list-losses", help="List the available losses and exit.")
+    ] = False,
+) -> None:
+    """The reference synthetic experiment (10-class make_classification, MLP, SGD) for every loss."""
+    import json
+
+    from rich.table import Table
+
+    from matcard import reproduce
+    from matcard.console import make_progress
+    from matcard.errors import UsageError
+
+    if list_losses:
+        typer.echo("\n".join(reproduce.ALL_LOSSES))
+        return
+    try:
+        chosen_losses = reproduce.ALL_LOSSES
+        if losses:
+            chosen_losses = tuple(name.strip() for name in losses.split(",") if name.strip())
+        if protocol not in (*reproduce.PROTOCOLS, "both"):
+            raise UsageError(
+                f"--protocol must be best_over_epochs, validation_selected or both, got {protocol!r}"
+            )
+        protocols = reproduce.PROTOCOLS if protocol == "both" else (protocol,)
+        config = reproduce.SyntheticConfig(
+            seeds=reproduce.parse_seeds(seeds), majority=majority, epochs=epochs, losses=chosen_losses,
+            protocols=protocols,
+        )  # fmt: skip
+        config.validate()
+        trained = {reproduce.DERIVED_LOSSES.get(name, name) for name in config.losses}
+        total = len(trained) * len(config.seeds) * len(config.protocols)
+        with make_progress() as progress:
+            task = progress.add_task("training runs", total=total)
+
+            def advance(spec: str, seed: int, protocol_name: str) -> None:
+                progress.update(task, advance=1, description=f"{spec} seed {seed}")
+
+            result = reproduce.run_synthetic(config, out, workers=workers, on_job_done=advance)
+    except MatcardError as error:
+        raise fail(error) from error
+
+    table = Table(title=f"Synthetic reproduction: seeds {seeds}, majority {majority:g}, {epochs} epochs")
+    for column in ("loss", "protocol", "accuracy", "macro-F1", "ROC-AUC", "seeds"):
+        table.add_column(column, justify="left" if column in ("loss", "protocol") else "right")
+    for row in result.summary:
+        cells = [f"{row[m]:.3f} ± {row[m + '_std']:.3f}" for m in ("accuracy", "macro_f1", "roc_auc")]
+        table.add_row(row["loss"], row["protocol"], *cells, str(row["n_seeds"]))
+    console.print(table)
+    console.print(
+        f"{result.elapsed_s:.0f} s ({result.reused_jobs} finished runs reused); "
+        f"wrote {', '.join(str(path) for path in result.files.values())}"
+    )
+    if json_output:
+        typer.echo(json.dumps(reproduce.summary_for_json(result.summary), indent=2))
+
+
 # === train / evaluate ============================================================
+
+
+def _metrics_tables(metrics: dict, title: str) -> list:
+    """Rich tables: headline metrics, and per-class precision / recall / F1 / support."""
+    from rich.table import Table
+
+    headline = Table(title=title, title_justify="left")
+    headline.add_column("metric")
+    headline.add_column("value", justify="right")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "gmean", "roc_auc_macro", "pr_auc_macro", "ece"):
+        value = metrics.get(key)
+        headline.add_row(key, "n/a" if value is None else f"{value:.4f}")
+    headline.add_row("n_samples", str(metrics.get("n_samples", "")))
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("class", "support", "precision", "recall", "f1"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in metrics.get("per_class", {}).items():
+        recall = row["recall"]
+        per_class.add_row(
+            name, str(row["support"]), f"{row['precision']:.3f}", "n/a" if recall is None else f"{recall:.3f}",
+            f"{row['f1']:.3f}",
+        )
+    return [headline, per_class]
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config (default: embedded default run).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Registered dataset name or path to structure files.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Label recipe, e.g. crystal_system, 'band_gap==0'.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Architecture: cgcnn, schnet, mlp.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="Loss: ce, magnitude, spread, focal, ldam, ...")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping on val macro-F1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per device.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for split, initialisation and sampling.")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="Devices / processes; > 1 trains with DDP.")] = None,
+    accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field: --set optim.lr=1e-3 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/<dataset>-<model>-<loss>-<time>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a classifier; writes RUN/ (model bundle, metrics.json, history.csv, plots, splits)."""
+    from matcard.config import parse_assignment
+
+    overrides: dict = {
+        "dataset": dataset, "task": task, "model": model, "loss": loss, "epochs": epochs,
+        "batch_size": batch_size, "seed": seed, "devices": devices, "accelerator": accelerator, "out": out,
+    }
+    try:
+        for assignment in set_ or []:
+            key, value = parse_assignment(assignment)
+            overrides[key] = value
+        from matcard.training import train
+
+        result = train(config, resume=resume, progress=not quiet, **overrides)
+    except MatcardError as err:
+        raise fail(err) from None
+    if not result.is_global_zero:  # a DDP worker process: rank 0 reports
+        return
+    test = result.metrics["test"]
+    for table in _metrics_tables(test, f"test metrics ({result.run_dir})"):
+        console.print(table)
+    meta = result.metrics.get("meta", {})
+    console.print(
+        f"best epoch {meta.get('best_epoch')} of {meta.get('epochs_run')} (selected on validation macro-F1); "
+        f"val macro-F1 {result.metrics['val']['macro_f1'] or 0:.4f}"
+        + (f"; {len(result.failures)} item(s) skipped, see failures.csv" if result.failures else "")
+    )
+    console.print(f"run directory: [bold]{result.run_dir}[/]  (model: {result.run_dir / 'model'})")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run_or_model: Annotated[str, typer.Argument(help="A run directory or a model bundle directory.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Evaluate on another dataset (use --split all).")] = None,
+    split: Annotated[str, typer.Option(help="train, val, test (the run's saved split) or all.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Metrics of a trained model on its run's split (reproduces metrics.json) or on a dataset."""
+    import json
+
+    try:
+        from matcard.training import evaluate
+
+        if dataset is not None and split == "test" and not _is_run_dataset(run_or_model, dataset):
+            split = "all"
+        result = evaluate(run_or_model, dataset=dataset, split=split, batch_size=batch_size, progress=not quiet)
+    except MatcardError as err:
+        raise fail(err) from None
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for table in _metrics_tables(result["metrics"], f"{result['split']} metrics: {result['dataset']}"):
+        console.print(table)
+
+
+def _is_run_dataset(run_or_model: str, dataset: str) -> bool:
+    from pathlib import Path
+
+    from matcard.config import load_config
+
+    for candidate in (Path(run_or_model), Path(run_or_model).parent):
+        if (candidate / "config.yaml").is_file():
+            return load_config(candidate / "config.yaml").data.dataset == dataset
+    return False
+
 
 # === screen ======================================================================
 
@@ -75,7 +448,7 @@ def screen_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Discard an interrupted screen's state and start again.")
     ] = False,
-    target_class: Annotated[str | None, typer.Option("--class", help="Class ranked in the shortlist.")] = None,
+    target_class: Annotated[str | None, typer.Option("--class", help="Class to rank.")] = None,
     min_prob: Annotated[float | None, typer.Option("--min-prob", help="Shortlist only prob >= P.")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Shortlist at most K structures.")] = None,
     shortlist: Annotated[

@@ -165,6 +165,7 @@ _BENIGN_WARNING_PATTERNS = (
     re.compile(r"Skipping relative stoichiometry check"),
     re.compile(r"Cannot determine chemical composition from CIF"),  # check skipped, data untouched
     re.compile(r"No structure parsed for section"),  # handled per block
+    re.compile(r"No Pauling electronegativity"),  # noble gases: formula ordering only
 )
 _FLAG_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"parsed as\s*$", re.S), "cif_warning:sites_dropped"),
@@ -336,6 +337,7 @@ def _error_reason(err: BaseException) -> str:
 # Per-format parsers (run in workers)
 # --------------------------------------------------------------------------------------------
 _ATOM_SITE_KEYS = ("_atom_site_fract_x", "_atom_site_cartn_x")
+_DATA_BLOCK = re.compile(r"^\s*data_", re.M)
 
 
 def _parse_cif_text(
@@ -374,6 +376,14 @@ def _parse_cif_text(
 
     encoding_flags = tuple(f.split(" ", 1)[0] for f in extra_flags)
     encoding_messages = tuple(f for f in extra_flags if " " in f)
+    if len(_DATA_BLOCK.findall(text)) == 1 and re.search(r"_atom_site_(fract|cartn)_x", text, re.I):
+        # Fast path (e.g. a CSV's CIF column): one block with atoms, parsed once.
+        try:
+            structure, flags, messages = parse_one(text)
+        except Exception as err:
+            return [ReadFailure(source, _error_reason(err))]
+        flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)
+        return [_finish(structure, item_id, source, label, options, flags, messages, properties)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -155,7 +155,7 @@ class CrystalSystemTask(Task):
     name: str = "crystal_system"
     description: str = "crystal system (7 classes)"
     spacegroup_column: str | None = None
-    symprec: float = 0.1
+    symprec: float = 0.01
     angle_tolerance: float = 5.0
 
     kind: ClassVar[str] = "crystal_system"
@@ -403,7 +403,7 @@ def parse_task(spec: str, known: dict[str, Task] | None = None) -> Task:
                 raise UsageError(f"crystal_system options are {', '.join(sorted(allowed))}")
             return CrystalSystemTask(
                 spacegroup_column=options.get("column"),
-                symprec=float(options.get("symprec", 0.1)),
+                symprec=float(options.get("symprec", 0.01)),
                 angle_tolerance=float(options.get("angle_tolerance", 5.0)),
             )
         if head == "bins":
@@ -421,7 +421,7 @@ def parse_task(spec: str, known: dict[str, Task] | None = None) -> Task:
         raise UsageError(f"invalid task {spec!r}: {err}") from err
     names = f"; known tasks: {', '.join(known)}" if known else ""
     raise UsageError(
-        f"unknown task {spec!r}{names}. Generic forms: crystal_system[:symprec=0.1], COLUMN>=VALUE, "
+        f"unknown task {spec!r}{names}. Generic forms: crystal_system[:symprec=0.01], COLUMN>=VALUE, "
         "LOW<=COLUMN<=HIGH, bins:COLUMN:E1,E2, categorical:COLUMN"
     )
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
     from pymatgen.core import Structure
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 _STRUCTURE_COLUMNS = ("lattice", "species", "frac_coords", "flags")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 

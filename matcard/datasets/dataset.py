@@ -235,7 +235,7 @@ def _aflow_prototypes(spec: DatasetSpec) -> Dataset:
         )
         structures.append(Structure.from_dict(entry["snl"]))
     table = pd.DataFrame(rows)
-    table["formula"] = [s.composition.reduced_formula for s in structures]
+    table["reduced_formula"] = reduced_formulas(structures)
     return Dataset(
         spec.name,
         spec.kind,
@@ -246,6 +246,14 @@ def _aflow_prototypes(spec: DatasetSpec) -> Dataset:
         default_task=spec.default_task,
         source=str(path),
     )
+
+
+def reduced_formulas(structures: Sequence[Structure]) -> list[str]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No Pauling electronegativity for He": ordering only
+        return [s.composition.reduced_formula for s in structures]
 
 
 def _read_csvs(paths: Sequence[Path], tags: Sequence[str], tag_column: str) -> pd.DataFrame:
@@ -282,6 +290,7 @@ def _parse_cif_table(
     records = [o for o in outcomes if isinstance(o, StructureRecord)]
     failures = [o for o in outcomes if isinstance(o, ReadFailure)]
     kept = table.loc[keep].drop(columns=["cif"]).reset_index(drop=True)
+    kept["reduced_formula"] = reduced_formulas([r.structure for r in records])
     store = StructureStore.from_structures([r.structure for r in records], [r.flags for r in records])
     return kept, store, failures
 
@@ -449,7 +458,7 @@ def _load_path(
     table = pd.DataFrame(rows, columns=None if rows else ["id", "source"])
     if any(r.label is not None for r in result.records):
         table["label"] = [r.label for r in result.records]
-    table["formula"] = [r.structure.composition.reduced_formula for r in result.records]
+    table["reduced_formula"] = reduced_formulas(result.structures)
     store = StructureStore.from_structures(result.structures, [r.flags for r in result.records])
     tasks = _generic_tasks(table, structures=True)
     name = first.name if len(sources) == 1 else "structures"
