@@ -228,6 +228,135 @@ def inspect_command(
 
 # === featurize ===================================================================
 
+
+@app.command("featurize")
+def featurize_command(
+    source: Annotated[
+        str, typer.Argument(help="A registered dataset name, or a file / folder / glob of structures.")
+    ],
+    task: Annotated[
+        str | None, typer.Option(help="Label task (checked, counted, and saved beside the features).")
+    ] = None,
+    featurizer: Annotated[
+        str, typer.Option(help="graph (crystal graphs) or composition (matminer).")
+    ] = "graph",
+    cutoff: Annotated[float | None, typer.Option(help="Graph neighbour cutoff in Å (default 8).")] = None,
+    max_neighbors: Annotated[
+        int | None, typer.Option(help="Neighbours kept per atom in nearest mode (default 12).")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="Graph edges: nearest (k nearest) or all.")] = None,
+    node_features: Annotated[
+        str | None, typer.Option(help="Graph node features: cgcnn (element properties) or atomic_number.")
+    ] = None,
+    descriptors: Annotated[
+        str | None,
+        typer.Option(
+            help="Composition descriptors, comma-separated: magpie, stoichiometry, valence_orbital, "
+            "ion_property (default: the first three)."
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option(help="Worker processes (0 = all cores; default: all cores for big jobs).")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Folder for the featurized dataset (default: the feature cache).")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(help="Items per shard file.")] = 4096,
+    mirror: Annotated[str | None, typer.Option(help="Mirror base URL for registry downloads.")] = None,
+    disorder: Annotated[
+        str, typer.Option(help="Partial occupancies in files: skip, keep or majority.")
+    ] = "skip",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
+    ] = False,
+) -> None:
+    """Featurize a dataset into crystal graphs or composition descriptors (parallel, cached, sharded)."""
+    import json
+
+    from rich.table import Table
+
+    from matcard.errors import UsageError
+    from matcard.featurize.api import featurize_dataset, make_featurizer
+
+    try:
+        if featurizer == "graph":
+            options: dict[str, object] = {
+                "cutoff": cutoff,
+                "max_neighbors": max_neighbors,
+                "mode": mode,
+                "node_features": node_features,
+            }
+            if descriptors is not None:
+                raise UsageError("--descriptors applies to --featurizer composition")
+        elif featurizer == "composition":
+            graph_options = {
+                "--cutoff": cutoff,
+                "--max-neighbors": max_neighbors,
+                "--mode": mode,
+                "--node-features": node_features,
+            }
+            used = [name for name, value in graph_options.items() if value is not None]
+            if used:
+                raise UsageError(f"{', '.join(used)} apply to --featurizer graph")
+            options = {"descriptors": tuple(d.strip() for d in descriptors.split(","))} if descriptors else {}
+        else:
+            raise UsageError(f"--featurizer must be 'graph' or 'composition', not {featurizer!r}")
+        built = make_featurizer(featurizer, **options)
+        dataset = _load_for_featurize(source, mirror=mirror, disorder=disorder)
+        report = featurize_dataset(
+            dataset, built, task=task, out=out, jobs=jobs, shard_size=shard_size, progress=not as_json
+        )
+        if task is not None:
+            report.write_labels(task)
+    except MatcardError as err:
+        raise fail(err) from err
+
+    summary = report.summary()
+    summary["read_failures"] = len(getattr(dataset, "failures", []) or [])
+    if as_json:
+        summary["failed_items"] = [vars(f) for f in report.failures]
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    if report.failures:
+        failures = Table(title=f"failures ({len(report.failures)})")
+        for column in ("#", "id", "reason"):
+            failures.add_column(column, overflow="fold")
+        for failure in report.failures[:20]:
+            failures.add_row(str(failure.position), failure.id, failure.reason)
+        if len(report.failures) > 20:
+            failures.add_row("…", f"{len(report.failures) - 20} more", "see manifest.json")
+        console.print(failures)
+    table = Table(title=f"featurized {getattr(dataset, 'name', source)} ({summary['kind']})")
+    table.add_column("", style="bold")
+    table.add_column("value", justify="right")
+    rate = summary["per_second"]
+    unreadable = f" (+{summary['read_failures']} unreadable)" if summary["read_failures"] else ""
+    rows = [
+        ("structures" if summary["kind"] == "graph" else "items", f"{summary['count']:,}"),
+        ("inputs", f"{summary['inputs']:,}"),
+        ("failures", f"{summary['failures']:,}{unreadable}"),
+        ("mean nodes", f"{summary['mean_nodes']:.1f}"),
+        ("mean edges", f"{summary['mean_edges']:.1f}"),
+        ("flagged", f"{summary['flagged']:,}"),
+        ("seconds", f"{summary['seconds']:.2f}" + (" (from cache)" if summary["from_cache"] else "")),
+        ("per second", f"{rate:,.0f}" if rate else "-"),
+        ("path", summary["path"]),
+    ]
+    if summary["rebuilt_shards"]:
+        rows.append(("rebuilt shards", ", ".join(map(str, summary["rebuilt_shards"]))))
+    for name, count in (summary.get("class_counts") or {}).items():
+        rows.append((f"class {name}", f"{count:,}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def _load_for_featurize(source: str, *, mirror: str | None, disorder: str):  # type: ignore[no-untyped-def]
+    from matcard.datasets import load_dataset
+
+    return load_dataset(source, mirror=mirror, disorder=disorder)
+
+
 # === reproduce ===================================================================
 
 reproduce_app = typer.Typer(help="Reproduce published experiments.", no_args_is_help=True)
@@ -327,7 +456,16 @@ def _metrics_tables(metrics: dict, title: str) -> list:
     headline = Table(title=title, title_justify="left")
     headline.add_column("metric")
     headline.add_column("value", justify="right")
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "gmean", "roc_auc_macro", "pr_auc_macro", "ece"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "mcc",
+        "gmean",
+        "roc_auc_macro",
+        "pr_auc_macro",
+        "ece",
+    ):
         value = metrics.get(key)
         headline.add_row(key, "n/a" if value is None else f"{value:.4f}")
     headline.add_row("n_samples", str(metrics.get("n_samples", "")))
@@ -337,7 +475,10 @@ def _metrics_tables(metrics: dict, title: str) -> list:
     for name, row in metrics.get("per_class", {}).items():
         recall = row["recall"]
         per_class.add_row(
-            name, str(row["support"]), f"{row['precision']:.3f}", "n/a" if recall is None else f"{recall:.3f}",
+            name,
+            str(row["support"]),
+            f"{row['precision']:.3f}",
+            "n/a" if recall is None else f"{recall:.3f}",
             f"{row['f1']:.3f}",
         )
     return [headline, per_class]
@@ -345,27 +486,50 @@ def _metrics_tables(metrics: dict, title: str) -> list:
 
 @app.command("train")
 def train_command(
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config (default: embedded default run).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Registered dataset name or path to structure files.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Label recipe, e.g. crystal_system, 'band_gap==0'.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Architecture: cgcnn, schnet, mlp.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="Loss: ce, magnitude, spread, focal, ldam, ...")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping on val macro-F1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per device.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for split, initialisation and sampling.")] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Devices / processes; > 1 trains with DDP.")] = None,
-    accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field: --set optim.lr=1e-3 (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/<dataset>-<model>-<loss>-<time>).")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="YAML config (default: embedded default run).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Registered dataset name or path to structure files.")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Label recipe, e.g. crystal_system, 'band_gap==0'.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Architecture: cgcnn, schnet, mlp.")] = None,
+    loss: Annotated[str | None, typer.Option(help="Loss: ce, magnitude, spread, focal, ldam, ...")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Maximum epochs (early stopping on val macro-F1).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per device.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for split, initialisation and sampling.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Devices / processes; > 1 trains with DDP.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any config field: --set optim.lr=1e-3 (repeatable).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Run directory (default: runs/<dataset>-<model>-<loss>-<time>)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a classifier; writes RUN/ (model bundle, metrics.json, history.csv, plots, splits)."""
     from matcard.config import parse_assignment
 
     overrides: dict = {
-        "dataset": dataset, "task": task, "model": model, "loss": loss, "epochs": epochs,
-        "batch_size": batch_size, "seed": seed, "devices": devices, "accelerator": accelerator, "out": out,
+        "dataset": dataset,
+        "task": task,
+        "model": model,
+        "loss": loss,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "devices": devices,
+        "accelerator": accelerator,
+        "out": out,
     }
     try:
         for assignment in set_ or []:
@@ -393,7 +557,9 @@ def train_command(
 @app.command("evaluate")
 def evaluate_command(
     run_or_model: Annotated[str, typer.Argument(help="A run directory or a model bundle directory.")],
-    dataset: Annotated[Optional[str], typer.Option(help="Evaluate on another dataset (use --split all).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Evaluate on another dataset (use --split all).")
+    ] = None,
     split: Annotated[str, typer.Option(help="train, val, test (the run's saved split) or all.")] = "test",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
@@ -407,7 +573,9 @@ def evaluate_command(
 
         if dataset is not None and split == "test" and not _is_run_dataset(run_or_model, dataset):
             split = "all"
-        result = evaluate(run_or_model, dataset=dataset, split=split, batch_size=batch_size, progress=not quiet)
+        result = evaluate(
+            run_or_model, dataset=dataset, split=split, batch_size=batch_size, progress=not quiet
+        )
     except MatcardError as err:
         raise fail(err) from None
     if json_output:

@@ -10,6 +10,7 @@ interrupted or corrupted store is completed / repaired shard by shard.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from matcard.errors import ConfigError, MatcardError, UsageError
 from matcard.featurize.cache import FeatureStore, cache_key, features_root, fill_store, open_store
 from matcard.featurize.composition import CompositionFeaturizer, CompositionFeaturizerConfig
-from matcard.featurize.graph import GraphFeaturizer, GraphFeaturizerConfig
+from matcard.featurize.graph import GraphFeaturizer, GraphFeaturizerConfig, StructureArrays
 from matcard.featurize.parallel import ItemFailure, resolve_jobs, run_featurization
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 AnyFeaturizer = GraphFeaturizer | CompositionFeaturizer
 DEFAULT_SHARD_SIZE = 4096
+# Below this many items a worker pool costs more than it saves (measured: a graph takes ~0.3 ms,
+# a worker start ~1 s; matminer descriptors take ~1.5 ms per composition).
+_MIN_ITEMS_FOR_WORKERS = {"graph": 5000, "composition": 500}
 
 
 def featurizer_from_config(
@@ -115,6 +119,29 @@ class FeaturizeReport:
             }
         return summary
 
+    def write_labels(self, task: str) -> Path:
+        """Save the task's labels beside the features (``labels-<task>.parquet``: id, position,
+        y, class) so the folder is self-contained for training elsewhere."""
+        import pandas as pd
+
+        from matcard.fileio import atomic_path
+
+        if self.labels is None or self.class_names is None or self.ids is None:
+            raise MatcardError("no labels to write (featurize with a task)")
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in task)
+        path = self.store.path / f"labels-{safe}.parquet"
+        frame = pd.DataFrame(
+            {
+                "id": self.ids,
+                "position": np.arange(len(self.ids)),
+                "y": self.labels,
+                "class": [self.class_names[c] for c in self.labels],
+            }
+        )
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        return path
+
     def load(self) -> list[Data]:
         """Every featurized item as ``Data`` with ``y`` attached when a task was given."""
         return self.store.load(self.labels)
@@ -154,7 +181,8 @@ def featurize_items(
     """Featurize ``(id, payload)`` items into a store at ``out`` (default: the feature cache).
 
     Items already featurized under the same key are loaded, not rebuilt; missing or corrupt
-    shards are (re)built. ``jobs``: worker processes (None/0 = all cores, 1 = this process).
+    shards are (re)built. ``jobs``: worker processes (0 = all cores, 1 = this process; None =
+    all cores unless the job is too small to pay for starting workers).
     """
     from matcard.console import make_progress
 
@@ -180,6 +208,8 @@ def featurize_items(
     pending = [k for k in range(store.n_shards) if k not in store.shards]
     from_cache = not pending and not bad
     n_pending = sum(min(shard_size, len(items) - k * shard_size) for k in pending)
+    if jobs is None and n_pending < _MIN_ITEMS_FOR_WORKERS[featurizer.kind]:
+        n_jobs = 1  # starting workers would cost more than the work itself
     if chunk_size is None:
         # small enough to spread over the workers and update the bar, large enough to amortise IPC
         chunk_size = int(np.clip(n_pending // (8 * n_jobs) or 1, 16, 256))
@@ -216,8 +246,62 @@ def featurize_items(
         seconds=elapsed,
         built=n_pending,
         rebuilt_shards=bad,
-        ids=[str(item_id) for item_id, _ in items],
+        ids=list(items.ids) if isinstance(items, _StoreItems) else [str(i) for i, _ in items],
     )
+
+
+class _StoreItems(Sequence[tuple[str, Any]]):
+    """``(id, StructureArrays)`` read straight from a dataset's flat structure store, so graphs are
+    built without ever constructing pymatgen ``Structure`` objects (faster, far less memory)."""
+
+    def __init__(self, ids: list[str], store: Any) -> None:
+        self.ids = ids
+        self.lattices: np.ndarray = store.lattices
+        self.species: Sequence[str] = store.species
+        self.frac_coords: np.ndarray = store.frac_coords
+        self.offsets: np.ndarray = store.offsets
+        self._z: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _atomic_number(self, symbol: str) -> int:
+        z = self._z.get(symbol)
+        if z is None:
+            from pymatgen.core.periodic_table import get_el_sp
+
+            try:
+                z = int(getattr(get_el_sp(symbol), "Z", 0))
+            except ValueError:
+                z = 0  # unknown symbol: the graph builder reports it as a per-item failure
+            self._z[symbol] = z
+        return z
+
+    def _arrays(self, index: int) -> StructureArrays | None:
+        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+        lattice = np.ascontiguousarray(self.lattices[index])
+        cart = np.ascontiguousarray(self.frac_coords[start:stop] @ lattice)
+        species = self.species[start:stop]
+        pbc = np.ones(3, dtype=np.int64)
+        if not any(s.startswith("{") for s in species):
+            numbers = np.fromiter((self._atomic_number(s) for s in species), np.int64, len(species))
+            return StructureArrays(lattice, cart, numbers, pbc)
+        sites, zs, occus, majority = [], [], [], []
+        for site, text in enumerate(species):
+            mix = json.loads(text) if text.startswith("{") else {text: 1.0}
+            entries = [(self._atomic_number(k), float(v)) for k, v in mix.items()]
+            majority.append(max(entries, key=lambda e: e[1])[0])
+            for z, occu in entries:
+                sites.append(site)
+                zs.append(z)
+                occus.append(occu)
+        occupancy = (np.array(sites, np.int64), np.array(zs, np.int64), np.array(occus))
+        return StructureArrays(lattice, cart, np.array(majority, np.int64), pbc, occupancy)
+
+    def __getitem__(self, key: int | slice) -> Any:  # type: ignore[override]
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(len(self)))]
+        return self.ids[key], self._arrays(key)
 
 
 def featurize_dataset(
@@ -248,23 +332,23 @@ def featurize_dataset(
     if task is not None:
         labelled = dataset.labels(task)
         labels, class_names = np.asarray(labelled.y, dtype=np.int64), list(labelled.class_names)
-    if dataset.kind == "structures":
-        payloads: list[Any] = list(dataset.structures())
+    items: Sequence[tuple[str, Any]]
+    ids = [str(i) for i in dataset.table["id"]]
+    store = getattr(dataset, "store", None)
+    if featurizer.kind == "graph" and store is not None and hasattr(store, "offsets"):
+        items = _StoreItems(ids, store)
+    elif dataset.kind == "structures":
+        items = list(zip(ids, dataset.structures(), strict=True))
     elif featurizer.kind == "graph":
         raise UsageError(
             f"dataset {dataset.name!r} has compositions only; use the composition featurizer"
         )
     else:
-        payloads = list(dataset.compositions())
-    ids = [str(i) for i in dataset.table["id"]]
-    if len(ids) != len(payloads):
-        raise MatcardError(
-            f"dataset {dataset.name!r}: {len(ids)} ids but {len(payloads)} structures/compositions"
-        )
-    if labels is not None and len(labels) != len(payloads):
-        raise MatcardError(f"task {task!r}: {len(labels)} labels for {len(payloads)} items")
+        items = list(zip(ids, dataset.compositions(), strict=True))
+    if labels is not None and len(labels) != len(items):
+        raise MatcardError(f"task {task!r}: {len(labels)} labels for {len(items)} items")
     report = featurize_items(
-        list(zip(ids, payloads, strict=True)),
+        items,
         featurizer,
         content_hash=str(dataset.content_hash),
         name=str(dataset.name),

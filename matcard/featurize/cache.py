@@ -65,10 +65,10 @@ def features_root() -> Path:
     if env:
         return Path(env) / "features"
     try:
-        from matcard.datasets import data_root  # type: ignore[attr-defined]
+        from matcard.datasets.cache import data_dir
 
-        return Path(data_root()) / "features"
-    except (ImportError, AttributeError):
+        return Path(data_dir()) / "features"
+    except ImportError:
         from platformdirs import user_cache_dir
 
         return Path(user_cache_dir("matcard")) / "features"
