@@ -156,19 +156,22 @@ def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
 
 
 def graph_flags(
-    data: Any, n_atoms: int, cutoff: float | None, featurizer_flags: Sequence[str] = ()
+    data: Any, n_atoms: int, cutoff: float | None, featurizer_flags: Sequence[str] | None = None
 ) -> list[str]:
-    """Flags read off the featurized graph: atoms without a neighbour inside the cutoff.
+    """Flags about the graph: ``isolated_atom`` when an atom has no neighbour inside the cutoff.
 
-    GraphFeaturizer grows the cutoff for such structures (flag ``cutoff_grown:8->12``); either
-    way the row also carries ``isolated_atom:<count>`` so a user can filter on one name.
+    GraphFeaturizer grows the cutoff for such structures and reports ``cutoff_grown:8->12``; that
+    flag is kept and ``isolated_atom`` added, so users filter on one name. For a featurizer that
+    reports nothing (``featurizer_flags`` None) the edges are scanned instead.
     """
-    flags = list(featurizer_flags)
+    if featurizer_flags is not None:
+        flags = list(featurizer_flags)
+        if any(f.startswith("cutoff_grown") for f in flags):
+            flags.append("isolated_atom")
+        return flags
     edge_index = getattr(data, "edge_index", None)
-    if edge_index is None or n_atoms == 0 or getattr(data, "x", None) is None:
-        return flags
-    if data.x.shape[0] != n_atoms:  # composition descriptors: one row per structure, no graph
-        return flags
+    if edge_index is None or n_atoms == 0 or getattr(data, "num_nodes", None) != n_atoms:
+        return []  # composition descriptors: one row per structure, no graph
     import torch
 
     sources = edge_index[0]
@@ -177,10 +180,7 @@ def graph_flags(
         sources = sources[dist <= cutoff + 1e-6]
     has_neighbour = torch.zeros(n_atoms, dtype=torch.bool)
     has_neighbour[sources] = True
-    isolated = int((~has_neighbour).sum())
-    if isolated and not any(f.startswith("isolated_atom") for f in flags):
-        flags.append(f"isolated_atom:{isolated}")
-    return flags
+    return ["isolated_atom"] if not bool(has_neighbour.all()) else []
 
 
 # --------------------------------------------------------------------------- the shard

@@ -1,0 +1,236 @@
+"""Screening benchmark: end-to-end structures/s on mp20-biternary beside the CIF-parse-only floor,
+and peak RSS when screening all 14,258 structures against a tenth of them (memory must stay flat).
+
+    python benchmarks/screen.py [--model RUN/model] [--limit N] [--workers W] [--json]
+
+The mp20-biternary CSV files (CIF strings) come through the dataset registry's downloader, so
+``MATCARD_MIRROR`` is honoured. Every measurement runs in a fresh Python process; its peak RSS is
+read from the kernel (``wait4``: the largest of that process and the reader processes it reaped).
+
+* parse-only: ``matcard.structures.iter_structures`` over the CSVs, consuming the records (the
+  floor: a screen must parse every CIF too).
+* end-to-end: ``matcard.screening.screen`` over the same CSVs into a Parquet file: parse,
+  featurize with the bundle's featurizer, predict, flag, write shards, merge.
+
+Without ``--model`` the model is a CGCNN with the training defaults and seeded weights, saved and
+reloaded as a real bundle: inference costs the same as for a trained model of that architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ACCEPT_RATIO = 0.5  # end-to-end must reach at least half the parse-only rate
+ACCEPT_RSS_GROWTH_MB = 200.0  # full screen vs a tenth of it
+
+
+# --------------------------------------------------------------------------- child measurements
+
+
+def _child_parse(inputs: list[str]) -> dict[str, Any]:
+    from matcard.structures import iter_structures
+
+    started = time.perf_counter()
+    n_records = n_failures = 0
+    for item in iter_structures(*inputs):
+        if hasattr(item, "structure"):
+            n_records += 1
+        else:
+            n_failures += 1
+    seconds = time.perf_counter() - started
+    return {"n": n_records + n_failures, "n_failed": n_failures, "seconds": seconds}
+
+
+def _child_screen(inputs: list[str], model_path: str, out: str, workers: int) -> dict[str, Any]:
+    from matcard.bundle import load_model
+    from matcard.screening import screen
+
+    model = load_model(model_path)
+    started = time.perf_counter()
+    result = screen(model, inputs, out, workers=workers, overwrite=True, progress=False)
+    seconds = time.perf_counter() - started
+    return {"n": result.n_predicted + result.n_failed, "n_failed": result.n_failed, "seconds": seconds}
+
+
+def _run_child(args: list[str]) -> dict[str, Any]:
+    """Run this script as a child measurement; return its JSON plus its peak RSS in MB."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark step {args[0]} failed (exit {process.returncode}):\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux reports KiB
+    return result
+
+
+# --------------------------------------------------------------------------- setup
+
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def _mp20_files() -> list[Path]:
+    """The dataset's CSV files through the registry downloader (verified by sha256, cached).
+
+    Mirror: ``MATCARD_MIRROR`` if set, else ``../shared/data`` beside a checkout when present.
+    """
+    from matcard.datasets.download import download_dataset
+    from matcard.datasets.registry import get_spec
+
+    mirror = os.environ.get("MATCARD_MIRROR") or (SHARED_DATA.as_uri() if SHARED_DATA.is_dir() else None)
+    return download_dataset(get_spec("mp20-biternary"), mirror=mirror, progress=False)
+
+
+def _head_csv(files: list[Path], n_rows: int, directory: Path) -> Path:
+    """The first ``n_rows`` rows of the dataset's CSVs, as one CSV (the small comparison run)."""
+    import pandas as pd
+
+    frames, remaining = [], n_rows
+    for path in files:
+        with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as fh:
+            frame = pd.read_csv(fh, nrows=remaining)
+        frames.append(frame)
+        remaining -= len(frame)
+        if remaining <= 0:
+            break
+    target = directory / f"mp20_head_{n_rows}.csv"
+    pd.concat(frames).to_csv(target, index=False)
+    return target
+
+
+def _seeded_model(directory: Path) -> Path:
+    """CGCNN with the training defaults (methods §7) and seeded weights, as a real bundle."""
+    import torch
+
+    from matcard.bundle import save_bundle
+    from matcard.featurize import GraphFeaturizer
+    from matcard.models import build_model
+
+    torch.manual_seed(0)
+    featurizer = GraphFeaturizer()
+    classes = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
+    model = build_model("cgcnn", featurizer.node_dim, len(classes))
+    return save_bundle(
+        directory / "model",
+        model,
+        model_name="cgcnn",
+        model_params={},
+        in_dim=featurizer.node_dim,
+        featurizer_config={"kind": "graph", **featurizer.config.model_dump()},
+        class_names=classes,
+        class_counts=[1] * len(classes),
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model bundle or run directory (default: seeded default CGCNN)")
+    parser.add_argument("--limit", type=int, default=None, help="screen only the first N structures")
+    parser.add_argument("--workers", type=int, default=1, help="screen --workers (local processes)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:  # a measurement in a fresh process
+        kind, *rest = args.child
+        if kind == "parse":
+            print(json.dumps(_child_parse(rest)))
+        else:
+            model_path, out, workers, *inputs = rest
+            print(json.dumps(_child_screen(inputs, model_path, out, int(workers))))
+        return
+
+    from matcard.console import console
+
+    with tempfile.TemporaryDirectory(prefix="matcard-bench-screen-") as tmp:
+        directory = Path(tmp)
+        files = _mp20_files()
+        inputs = [_head_csv(files, args.limit, directory)] if args.limit is not None else files
+        model_path = Path(args.model) if args.model else _seeded_model(directory)
+        model_label = str(args.model) if args.model else "seeded CGCNN (training defaults)"
+
+        console.print(f"[bold]parse-only[/] over {', '.join(p.name for p in inputs)} ...")
+        parse = _run_child(["parse", *map(str, inputs)])
+        n_total = parse["n"]
+        small_n = max(1, round(n_total / 10))
+        small_input = _head_csv(files, small_n, directory)
+        console.print(f"[bold]end-to-end[/] screen of {n_total:,} structures ...")
+        full = _run_child(
+            ["screen", str(model_path), str(directory / "full.parquet"), str(args.workers), *map(str, inputs)]
+        )
+        console.print(f"[bold]end-to-end[/] screen of {small_n:,} structures (memory comparison) ...")
+        small = _run_child(
+            ["screen", str(model_path), str(directory / "small.parquet"), str(args.workers), str(small_input)]
+        )
+
+    parse_rate = parse["n"] / parse["seconds"]
+    e2e_rate = full["n"] / full["seconds"]
+    growth = full["peak_rss_mb"] - small["peak_rss_mb"]
+    report = {
+        "dataset": "mp20-biternary",
+        "model": model_label,
+        "workers": args.workers,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "n_structures": n_total,
+        "n_failed": full["n_failed"],
+        "parse_only_per_s": round(parse_rate, 1),
+        "end_to_end_per_s": round(e2e_rate, 1),
+        "ratio": round(e2e_rate / parse_rate, 3),
+        "ratio_ok": e2e_rate >= ACCEPT_RATIO * parse_rate,
+        "parse_only_seconds": round(parse["seconds"], 2),
+        "end_to_end_seconds": round(full["seconds"], 2),
+        "peak_rss_mb_full": round(full["peak_rss_mb"], 1),
+        "n_small": small["n"],
+        "peak_rss_mb_small": round(small["peak_rss_mb"], 1),
+        "rss_growth_mb": round(growth, 1),
+        "rss_ok": growth < ACCEPT_RSS_GROWTH_MB,
+        "peak_rss_mb_parse_only": round(parse["peak_rss_mb"], 1),
+    }
+    _print_table(report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from matcard.console import console
+
+    table = Table(
+        title=f"screening benchmark: {report['dataset']} ({report['model']}, workers={report['workers']})"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("structures", f"{report['n_structures']:,}")
+    table.add_row("CIF parse only (floor)", f"{report['parse_only_per_s']:.1f} /s")
+    table.add_row("end-to-end screen", f"{report['end_to_end_per_s']:.1f} /s")
+    verdict = "ok" if report["ratio_ok"] else "BELOW 0.5"
+    table.add_row("end-to-end / parse-only", f"{report['ratio']:.2f} ({verdict})")
+    table.add_row(f"peak RSS, {report['n_structures']:,} structures", f"{report['peak_rss_mb_full']:.0f} MB")
+    table.add_row(f"peak RSS, {report['n_small']:,} structures", f"{report['peak_rss_mb_small']:.0f} MB")
+    verdict = "ok" if report["rss_ok"] else "ABOVE 200 MB"
+    table.add_row("RSS growth", f"{report['rss_growth_mb']:.0f} MB ({verdict})")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
