@@ -29,6 +29,11 @@ class DataConfig(_Section):
     task: str | None = Field("crystal_system", description="label recipe; None: the dataset's default task")
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    split: Literal["stratified", "given"] = Field(
+        "stratified",
+        description="given: the dataset's published split supplies test (its 'validation' or 'test' part), "
+        "val is carved from the rest, stratified",
+    )
     group_by_formula: bool = Field(
         False, description="keep polymorphs (same reduced formula) in one split to avoid leakage"
     )
@@ -83,9 +88,9 @@ class OptimConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    epochs: int = Field(40, ge=1, le=100_000)
+    epochs: int = Field(60, ge=1, le=100_000)
     batch_size: int = Field(32, ge=2, le=65_536)
-    patience: int | None = Field(15, ge=1, description="early stopping on val macro-F1; None: off")
+    patience: int | None = Field(20, ge=1, description="early stopping on val macro-F1; None: off")
     seed: int = Field(0, ge=0)
     deterministic: bool = True
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
@@ -96,6 +101,9 @@ class TrainerConfig(_Section):
     )
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads per process; None: the idle cores (see docs/training.md)"
+    )
     eval_batch_size: int = Field(256, ge=1)
 
 
