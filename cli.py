@@ -80,8 +80,10 @@ def datasets_command(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="matcard datasets")
-    for column in ("name", "kind", "rows", "size", "tasks", "licence", "cached"):
+    table.add_column("name", no_wrap=True)
+    for column in ("kind", "rows", "size", "tasks", "licence"):
         table.add_column(column, overflow="fold")
+    table.add_column("cached", no_wrap=True)
     for row in rows:
         table.add_row(
             row["name"],
