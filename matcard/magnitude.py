@@ -40,6 +40,7 @@ _JITTERS: tuple[float, ...] = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 _COINCIDENT_REL_TOL = 1e-14
 
 __all__ = [
+    "invariant_of_points",
     "magnitude",
     "magnitude_dimension",
     "magnitude_from_similarity",
@@ -142,6 +143,70 @@ def spread_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
     return (1.0 / similarity.sum(dim=1)).sum()
 
 
+class _InvariantOfPoints(torch.autograd.Function):
+    """Magnitude or spread of Euclidean points in one fused step with a closed-form gradient.
+
+    Autograd through distance -> exp -> solve allocates a dozen (N x N) temporaries per step,
+    and on CPU each fresh allocation of that size costs page faults (measured: 17-25 ms per
+    step at N = 257 against ~3 ms fused). Here the N x N work is done in place and the backward
+    pass is written out. With A_ij = dI/dd_ij / d_ij for i != j (0 for coincident rows: the
+    safe-norm subgradient),
+
+        magnitude: dI/dd_ij = 2 t w_i w_j Z_ij          (from dI/dZ = -w w^T, Z symmetric)
+        spread:    dI/dd_ij = t Z_ij (1/s_i^2 + 1/s_j^2), s = Z 1
+        grad_X = diag(A 1) X - A X.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, points: torch.Tensor, t: float, kind: str) -> torch.Tensor:
+        distances = _distances_in_place(points)
+        similarity = torch.mul(distances, -t).exp_()
+        if kind == "magnitude":
+            state = solve_weighting(similarity)
+            value = state.sum()
+        else:
+            state = similarity.sum(dim=1)
+            value = state.reciprocal().sum()
+        ctx.t, ctx.kind = t, kind
+        ctx.save_for_backward(points, distances, similarity, state)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        points, distances, similarity, state = ctx.saved_tensors
+        if ctx.kind == "magnitude":
+            coefficients = torch.outer(state, state).mul_(similarity).mul_(2.0 * ctx.t)
+        else:
+            inverse_square = state.pow(-2)
+            coefficients = (inverse_square[:, None] + inverse_square[None, :]).mul_(similarity).mul_(ctx.t)
+        # divide in place; the coincident entries (0/0) are overwritten with the zero subgradient
+        coefficients.div_(distances).masked_fill_(distances == 0, 0.0)
+        gradient = coefficients.sum(dim=1, keepdim=True) * points - coefficients @ points
+        return gradient.mul_(grad_output), None, None
+
+
+def _distances_in_place(points: torch.Tensor) -> torch.Tensor:
+    """Safe Euclidean distances without autograd (Gram form, in place; exact 0 for coincident rows)."""
+    with torch.no_grad():
+        sq_norms = (points * points).sum(dim=1)
+        distances = points @ points.T
+        distances.mul_(-2.0).add_(sq_norms[:, None]).add_(sq_norms[None, :])
+        tolerance = _COINCIDENT_REL_TOL * (1.0 + float(sq_norms.max())) if points.shape[0] else 0.0
+        distances.masked_fill_(distances <= tolerance, 0.0)
+        return distances.sqrt_()
+
+
+def invariant_of_points(
+    points: torch.Tensor, t: float, kind: Literal["magnitude", "spread"] = "magnitude"
+) -> torch.Tensor:
+    """Magnitude or spread of the rows of ``points`` (float64 recommended); differentiable in ``points``."""
+    if kind not in ("magnitude", "spread"):
+        raise UsageError(f"kind must be 'magnitude' or 'spread', got {kind!r}")
+    if points.dim() != 2:
+        raise UsageError(f"points must be a 2-D array (rows are points), got shape {tuple(points.shape)}")
+    return _InvariantOfPoints.apply(points, float(t), kind)
+
+
 # ---------------------------------------------------------------------------------------------
 # public utility (NumPy or torch in, same kind out)
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +218,26 @@ def _check_scale(t: float | torch.Tensor) -> None:
         raise UsageError(f"scale t must be a positive finite number, got {value!r}")
 
 
+def _as_points(X: Any) -> tuple[torch.Tensor, bool, torch.dtype | None]:
+    """Validated float64 points (rows), whether the input was torch, and the input's torch dtype."""
+    is_torch = isinstance(X, torch.Tensor)
+    tensor = X if is_torch else torch.as_tensor(np.asarray(X, dtype=np.float64))
+    input_dtype = tensor.dtype if is_torch else None
+    tensor = tensor.to(torch.float64)
+    if tensor.dim() == 1:
+        tensor = tensor[:, None]  # a 1-D array is N points on the line
+    if tensor.dim() != 2 or tensor.shape[0] == 0:
+        raise UsageError(f"X must be a non-empty 2-D array, got shape {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor.detach()).all()):
+        raise UsageError("X contains NaN or infinite values")
+    return tensor, is_torch, input_dtype
+
+
 def _as_distances(X: Any, metric: Metric) -> tuple[torch.Tensor, bool, torch.dtype | None]:
     """Float64 distance matrix, whether the input was torch, and the input's torch dtype."""
+    if metric == "euclidean":
+        points, is_torch, input_dtype = _as_points(X)
+        return pairwise_distances(points), is_torch, input_dtype
     is_torch = isinstance(X, torch.Tensor)
     tensor = X if is_torch else torch.as_tensor(np.asarray(X, dtype=np.float64))
     input_dtype = tensor.dtype if is_torch else None
@@ -185,18 +268,24 @@ def _finish(value: torch.Tensor, is_torch: bool, dtype: torch.dtype | None) -> A
     return float(array) if array.ndim == 0 else array
 
 
+def _invariant(X: Any, t: float, metric: Metric, kind: Literal["magnitude", "spread"]) -> Any:
+    _check_scale(t)
+    if metric == "euclidean":
+        points, is_torch, dtype = _as_points(X)
+        return _finish(invariant_of_points(points, float(t), kind), is_torch, dtype)
+    distances, is_torch, dtype = _as_distances(X, metric)
+    evaluate = magnitude_from_similarity if kind == "magnitude" else spread_from_similarity
+    return _finish(evaluate(similarity_matrix(distances, t)), is_torch, dtype)
+
+
 def magnitude(X: Any, t: float = 1.0, metric: Metric = "euclidean") -> Any:
     """Magnitude |tX| of a point cloud (rows of X) or of a distance matrix (metric="precomputed")."""
-    _check_scale(t)
-    distances, is_torch, dtype = _as_distances(X, metric)
-    return _finish(magnitude_from_similarity(similarity_matrix(distances, t)), is_torch, dtype)
+    return _invariant(X, t, metric, "magnitude")
 
 
 def spread(X: Any, t: float = 1.0, metric: Metric = "euclidean") -> Any:
     """Spread E(tX) of a point cloud (rows of X) or of a distance matrix (metric="precomputed")."""
-    _check_scale(t)
-    distances, is_torch, dtype = _as_distances(X, metric)
-    return _finish(spread_from_similarity(similarity_matrix(distances, t)), is_torch, dtype)
+    return _invariant(X, t, metric, "spread")
 
 
 def weighting(X: Any, t: float = 1.0, metric: Metric = "euclidean") -> Any:

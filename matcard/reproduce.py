@@ -37,7 +37,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -311,9 +310,11 @@ def run_job(config: SyntheticConfig, spec: str, seed: int, protocol: str) -> lis
     return records
 
 
-def _run_job_in_worker(config: SyntheticConfig, spec: str, seed: int, protocol: str) -> list[dict[str, Any]]:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return run_job(config, spec, seed, protocol)
+def _run_job_star(
+    args: tuple[SyntheticConfig, str, int, str],
+) -> tuple[tuple[str, int, str], list[dict[str, Any]]]:
+    config, spec, seed, protocol = args
+    return (spec, seed, protocol), run_job(config, spec, seed, protocol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,15 +390,16 @@ def run_synthetic(
         for job in pending:
             store(job, run_job(config, *job))
     elif pending:
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job_in_worker, config, *job): job for job in pending}
-            try:
-                for future in as_completed(futures):
-                    store(futures[future], future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        pool = get_context("spawn").Pool(n_workers)
+        try:
+            for job, job_records in pool.imap_unordered(_run_job_star, [(config, *job) for job in pending]):
+                store(job, job_records)
+            pool.close()
+        except BaseException:
+            pool.terminate()  # Ctrl-C or a failed job: stop the other workers now; finished jobs are kept
+            raise
+        finally:
+            pool.join()
 
     per_epoch = pd.DataFrame.from_records(records)
     per_seed = _per_seed_rows(per_epoch, config)

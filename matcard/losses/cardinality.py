@@ -42,13 +42,7 @@ import torch.nn.functional as F
 
 from matcard.errors import ConfigError, UsageError
 from matcard.losses.base import ImbalanceLoss, register
-from matcard.magnitude import (
-    _scale_for_fraction_distances,
-    magnitude_from_similarity,
-    pairwise_distances,
-    similarity_matrix,
-    spread_from_similarity,
-)
+from matcard.magnitude import _distances_in_place, _scale_for_fraction_distances, invariant_of_points
 
 Counts = Sequence[int] | np.ndarray | torch.Tensor
 Mode = Literal["replace", "multiply", "add", "divide"]
@@ -119,18 +113,18 @@ class CardinalityLoss(ImbalanceLoss):
         return errors
 
     def measure(self, points: torch.Tensor) -> torch.Tensor:
-        distances = pairwise_distances(points)
         if self.t == "auto":
             t = _scale_for_fraction_distances(
-                distances.detach(), self.auto_fraction, self.invariant, *self.t_bounds, iterations=20
+                _distances_in_place(points.detach()),
+                self.auto_fraction,
+                self.invariant,
+                *self.t_bounds,
+                iterations=20,
             )
         else:
             t = float(self.t)
         self.last_t = t
-        similarity = similarity_matrix(distances, t)
-        if self.invariant == "magnitude":
-            return magnitude_from_similarity(similarity)
-        return spread_from_similarity(similarity)
+        return invariant_of_points(points, t, self.invariant)
 
     def compute(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
