@@ -171,6 +171,18 @@ class TrainedModel:
         frame["error"] = errors
         return frame
 
+    def screen(self, inputs: Any, out: str | Path | None = None, **options: Any) -> Any:
+        """Screen files, folders, globs, ASE databases, tables or dataset names with this model.
+
+        ``out`` None: returns the predictions DataFrame (id, source, predicted_class, prob_<class>,
+        max_prob, flags). Otherwise writes ``out`` (.csv/.parquet), ``<stem>.errors.csv`` and any
+        shortlist, and returns the ScreenResult. Options: see ``matcard.screening.screen``.
+        """
+        from matcard.screening import screen
+
+        result = screen(self, inputs, out, **options)
+        return result.predictions if out is None else result
+
     def evaluate_data(
         self, graphs: Sequence[Data], y: Sequence[int], batch_size: int = 256
     ) -> dict[str, Any]:
