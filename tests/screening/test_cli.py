@@ -165,3 +165,34 @@ def test_kill_9_midway_then_resume_gives_one_row_per_structure(
     assert frame["predicted_class"].tolist() == expected["predicted_class"].tolist()
     probs = [c for c in expected.columns if c.startswith("prob_")]
     np.testing.assert_allclose(frame[probs].to_numpy(), expected[probs].to_numpy(), atol=1e-6)
+
+
+def test_trained_model_screens_the_poscar_folder_like_predict(
+    trained_run: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """Acceptance: `matcard screen RUN/model alignn_sample_poscar --out s.csv` -> 70 rows, and the
+    rows agree with TrainedModel.predict on the same structures (a real subprocess, a real model)."""
+    from matcard.bundle import load_model
+    from matcard.structures import read_structures
+
+    folder = shared_data / "alignn_sample_poscar"
+    out = tmp_path / "s.csv"
+    done = subprocess.run(
+        [*_matcard(), "screen", str(trained_run / "model"), str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # the summary goes to stderr
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert len(frame) == 70 and frame["id"].is_unique
+    model = load_model(trained_run)  # a run directory works as well as RUN/model
+    expected = model.predict(read_structures(folder).records).set_index("id").loc[frame["id"]]
+    assert frame["predicted_class"].tolist() == expected["predicted_class"].tolist()
+    probs = [f"prob_{c}" for c in model.class_names]
+    np.testing.assert_allclose(frame[probs].to_numpy(), expected[probs].to_numpy(), atol=1e-5)
+
+    in_memory = model.screen(folder)  # the API: a DataFrame when no output file is given
+    assert in_memory["id"].tolist() == frame["id"].tolist()
+    assert in_memory["predicted_class"].tolist() == frame["predicted_class"].tolist()
