@@ -163,6 +163,11 @@ def inspect_command(
     disorder: Annotated[str, typer.Option(help="Partial occupancies: skip, keep or majority.")] = "skip",
     timeout: Annotated[float, typer.Option(help="Seconds allowed per structure file.")] = 10.0,
     workers: Annotated[int | None, typer.Option(help="Parser processes (default: CPUs, max 8).")] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(help="Live-dataset filter KEY=VALUE, repeatable (materials-project: elements=Si,O "
+        "num_elements=2-3 max_sites=20 limit=500)."),
+    ] = None,
 ) -> None:
     """Structures, failures with reasons, class counts and imbalance ratio of a dataset or path."""
     import json
@@ -175,9 +180,16 @@ def inspect_command(
     try:
         if disorder not in {"skip", "keep", "majority"}:
             raise UsageError(f"--disorder must be skip, keep or majority, got {disorder!r}")
+        filters: dict[str, str] = {}
+        for item in query or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--query takes KEY=VALUE, got {item!r}")
+            filters[key.strip()] = value.strip()
         summary = inspect_source(
             source,
             task,
+            query=filters,
             mirror=mirror,
             disorder=disorder,
             timeout=timeout,
@@ -545,7 +557,7 @@ def train_command(
     if not result.is_global_zero:  # a DDP worker process: rank 0 reports
         return
     test = result.metrics["test"]
-    for table in _metrics_tables(test, f"test metrics ({result.run_dir})"):
+    for table in _metrics_tables(test, "test metrics"):
         console.print(table)
     meta = result.metrics.get("meta", {})
     console.print(

@@ -554,6 +554,8 @@ def load_dataset(
             progress=progress,
             refresh=refresh,
         )
+    if query:
+        raise UsageError(f"unexpected options for a path source: {', '.join(query)}")
     sources = (
         list(name_or_path) if isinstance(name_or_path, list | tuple) else [name_or_path]  # type: ignore[list-item]
     )

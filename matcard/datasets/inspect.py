@@ -67,10 +67,19 @@ def inspect_source(
     timeout: float | None = 10.0,
     workers: int | None = None,
     progress: bool = True,
+    query: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load a registry dataset or a path and summarise it (see :func:`summarize`)."""
+    """Load a registry dataset or a path and summarise it (see :func:`summarize`).
+
+    ``query``: filters for a live dataset (materials-project)."""
     dataset = load_dataset(
-        source, mirror=mirror, disorder=disorder, timeout=timeout, workers=workers, progress=progress
+        source,
+        mirror=mirror,
+        disorder=disorder,
+        timeout=timeout,
+        workers=workers,
+        progress=progress,
+        **(query or {}),
     )
     return summarize(dataset, task)
 
