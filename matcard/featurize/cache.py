@@ -318,9 +318,15 @@ class FeatureStore:
         return out
 
     def positions(self) -> np.ndarray:
-        """Input position of every stored item, in storage order."""
-        parts = [self.load_shard(i)["position"].numpy() for i in sorted(self.shards)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        """Input position of every stored item, in storage order (ascending).
+
+        Read from the manifest alone (each shard covers a contiguous input range; every input
+        in it is either stored or listed as a failure), so no shard is opened.
+        """
+        parts = [np.arange(info.start, info.stop) for _, info in sorted(self.shards.items())]
+        covered = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        failed = np.fromiter((f.position for f in self.failures), dtype=np.int64, count=len(self.failures))
+        return covered[~np.isin(covered, failed)]
 
     def matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """Composition stores: (X float32 [N, F], positions [N]) for scikit-learn style models."""

@@ -98,6 +98,9 @@ def test_failures_are_recorded_and_the_rest_is_stored(items, tmp_path: Path) -> 
     reopened = FeatureStore.read(tmp_path / "s")
     assert [f.id for f in reopened.failures] == ["broken", "missing"]
     assert 10 not in reopened.positions() and len(reopened.ids()) == 20
+    # positions derived from the manifest agree with those stored inside the shards
+    stored = torch.cat([reopened.load_shard(i)["position"] for i in sorted(reopened.shards)])
+    assert reopened.positions().tolist() == stored.tolist()
 
 
 def test_labels_are_attached_by_input_position(items, tmp_path: Path) -> None:
