@@ -194,7 +194,7 @@ def inspect_command(
             disorder=disorder,
             timeout=timeout,
             workers=workers,
-            progress=not as_json,
+            progress=True,  # on stderr: --json output on stdout stays clean
         )
     except MatcardError as err:
         raise fail(err) from err

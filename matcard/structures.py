@@ -340,6 +340,16 @@ _ATOM_SITE_KEYS = ("_atom_site_fract_x", "_atom_site_cartn_x")
 _DATA_BLOCK = re.compile(r"^\s*data_", re.M)
 
 
+def _has_atom_sites(data: dict[str, Any]) -> bool:
+    """A block with at least one real coordinate (exports put '?' placeholders in empty blocks)."""
+    for key, values in data.items():
+        if key.lower() in _ATOM_SITE_KEYS:
+            items = values if isinstance(values, list) else [values]
+            if any(str(v).strip() not in {"?", "."} for v in items):
+                return True
+    return False
+
+
 def _parse_cif_text(
     text: str,
     item_id: str,
@@ -390,11 +400,7 @@ def _parse_cif_text(
             blocks = list(CifFile.from_str(text).data.items())
         except Exception as err:
             return [ReadFailure(source, _error_reason(err))]
-    structural = [
-        (name, block)
-        for name, block in blocks
-        if any(key in (k.lower() for k in block.data) for key in _ATOM_SITE_KEYS)
-    ]
+    structural = [(name, block) for name, block in blocks if _has_atom_sites(block.data)]
     if not structural:
         return [ReadFailure(source, "no atom sites in CIF (no _atom_site_fract_x / _Cartn_x loop)")]
     outcomes: list[Outcome] = []
