@@ -157,9 +157,14 @@ class Dataset:
         return self._content_hash
 
     # ---------------------------------------------------------------- labels
-    def task(self, task: str | Task | None = None) -> Task:
+    def task(self, task: str | Task | dict[str, Any] | None = None) -> Task:
+        """Resolve a task: a Task, its ``to_dict()`` form, a registered name or a task spec string."""
         if isinstance(task, Task):
             return task
+        if isinstance(task, dict):
+            from matcard.tasks import task_from_dict
+
+            return task_from_dict(task)
         if task is None:
             if self.default_task is None:
                 raise UsageError(
@@ -168,7 +173,7 @@ class Dataset:
             task = self.default_task
         return parse_task(task, known=self.tasks)
 
-    def labels(self, task: str | Task | None = None) -> Labels:
+    def labels(self, task: str | Task | dict[str, Any] | None = None) -> Labels:
         """Integer labels and class names for ``task`` (a registered name, a Task or a task spec)."""
         resolved = self.task(task)
         return resolved.compute(self.table, self.structures if self._store is not None else None)
