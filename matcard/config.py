@@ -9,6 +9,7 @@ the dotted path of the offending field in the message (``trainer.epochs: ...``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,6 +198,8 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"{key.strip()}: cannot parse value {raw!r}: {error}") from error
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string; a user typing it means a number
     return key.strip(), value
 
 

@@ -10,6 +10,7 @@ so ``metrics.json`` stays valid JSON.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,32 @@ def classification_metrics(
         raise ValueError(f"proba must have shape ({len(y)}, {n_classes}), got {proba.shape}")
     if len(y) and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}), got range [{y.min()}, {y.max()}]")
-    labels = np.arange(n_classes)
-    pred = proba.argmax(axis=1) if len(y) else np.zeros(0, dtype=np.int64)
+    if len(y) == 0:
+        return _empty_metrics(class_names)
+    with warnings.catch_warnings():  # absent classes are handled explicitly below
+        warnings.simplefilter("ignore")
+        return _metrics(y, proba, list(class_names), ece_bins)
+
+
+def _empty_metrics(class_names: Sequence[str]) -> dict[str, Any]:
+    n_classes = len(class_names)
+    return {
+        "n_samples": 0,
+        **{key: None for key in HEADLINE_METRICS},
+        "auc_classes": 0,
+        "per_class": {
+            name: {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0} for name in class_names
+        },
+        "confusion_matrix": {
+            "labels": list(class_names),
+            "matrix": [[0] * n_classes for _ in range(n_classes)],
+        },
+    }
+
+
+def _metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str], ece_bins: int) -> dict[str, Any]:
+    labels = np.arange(len(class_names))
+    pred = proba.argmax(axis=1)
 
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     present = support > 0  # classes with samples in this split
@@ -87,21 +112,22 @@ def classification_metrics(
             auc_scores.append(roc_auc_score(positives, proba[:, c]))
             pr_scores.append(average_precision_score(positives, proba[:, c]))
 
-    matrix = confusion_matrix(y, pred, labels=labels) if len(y) else np.zeros((n_classes, n_classes), int)
+    matrix = confusion_matrix(y, pred, labels=labels)
     result: dict[str, Any] = {
         "n_samples": len(y),
-        "accuracy": _finite_or_none((pred == y).mean()) if len(y) else None,
+        "accuracy": _finite_or_none((pred == y).mean()),
         "balanced_accuracy": _finite_or_none(recalls_present.mean()) if present.any() else None,
         "macro_f1": _finite_or_none(f1[scored].mean()) if scored.any() else None,
-        "mcc": _finite_or_none(matthews_corrcoef(y, pred)) if len(y) else None,
-        # geometric mean of the recalls of the classes present (imbalanced-learn's convention)
+        "mcc": _finite_or_none(matthews_corrcoef(y, pred)),
+        # geometric mean of the recalls of the classes present in y_true (a class absent from the
+        # split has no recall; imbalanced-learn would count a merely predicted class as recall 0)
         "gmean": _finite_or_none(np.prod(recalls_present) ** (1.0 / present.sum()))
         if present.any()
         else None,
         "roc_auc_macro": _finite_or_none(np.mean(auc_scores)) if auc_scores else None,
         "pr_auc_macro": _finite_or_none(np.mean(pr_scores)) if pr_scores else None,
         "auc_classes": len(auc_scores),
-        "ece": _finite_or_none(expected_calibration_error(y, proba, ece_bins)) if len(y) else None,
+        "ece": _finite_or_none(expected_calibration_error(y, proba, ece_bins)),
         "per_class": {
             name: {
                 "precision": float(precision[c]),

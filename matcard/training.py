@@ -126,7 +126,6 @@ def _lightning_module_class() -> type[L.LightningModule]:
                 )
             self._loss_sum += value.detach().double().cpu() * batch.num_graphs
             self._loss_count += batch.num_graphs
-            self.log("train_loss", value, batch_size=batch.num_graphs, prog_bar=False, logger=False)
             return value
 
         def on_validation_epoch_start(self) -> None:
@@ -144,13 +143,14 @@ def _lightning_module_class() -> type[L.LightningModule]:
             self._val_count += batch.num_graphs
 
         def on_validation_epoch_end(self) -> None:
-            self.log(MONITOR, self.val_f1.compute(), sync_dist=False, logger=False)
-            self.log("val_balanced_accuracy", self.val_recall.compute(), logger=False)
-            self.log("val_accuracy", self.val_accuracy.compute(), logger=False)
+            # torchmetrics already reduced these over ranks; sync_dist averages identical values
+            self.log(MONITOR, self.val_f1.compute(), sync_dist=True, logger=False)
+            self.log("val_balanced_accuracy", self.val_recall.compute(), sync_dist=True, logger=False)
+            self.log("val_accuracy", self.val_accuracy.compute(), sync_dist=True, logger=False)
             for metric in (self.val_f1, self.val_recall, self.val_accuracy):
                 metric.reset()
             val_loss = self._reduce_mean(self._val_loss_sum, self._val_count)
-            self.log("val_loss", val_loss, logger=False, sync_dist=False)
+            self.log("val_loss", val_loss, logger=False, sync_dist=True)
             self.epoch_val_loss = float(val_loss)
             if self._loss_count:
                 self.epoch_train_loss = float(self._reduce_mean(self._loss_sum, self._loss_count))
