@@ -78,6 +78,72 @@ def _matminer_featurizers(config: CompositionFeaturizerConfig) -> tuple[Any, ...
         return tuple(builders[name]() for name in config.descriptors)
 
 
+MAGPIE_STATS = ("minimum", "maximum", "range", "mean", "avg_dev", "mode")
+
+
+@functools.lru_cache(maxsize=2)
+def _magpie_table(impute_nan: bool) -> tuple[np.ndarray, np.ndarray]:
+    """matminer's Magpie element data as a [119, 22] array (row = Z) plus a "has data" mask.
+
+    Read once per process through matminer's own ``ElementProperty.from_preset("magpie")`` data
+    source, so the values (and the imputation of missing ones) are exactly matminer's.
+    """
+    from pymatgen.core.periodic_table import Element
+
+    featurizer = _magpie_featurizer(impute_nan)
+    properties = featurizer.features
+    table = np.full((119, len(properties)), np.nan)
+    known = np.zeros(119, dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for z in range(1, 119):
+            element = Element.from_Z(z)
+            try:
+                table[z] = [featurizer.data_source.get_elemental_property(element, p) for p in properties]
+                known[z] = True
+            except (KeyError, ValueError, IndexError, TypeError):
+                pass
+    table.setflags(write=False)
+    return table, known
+
+
+@functools.lru_cache(maxsize=2)
+def _magpie_featurizer(impute_nan: bool) -> Any:
+    from matminer.featurizers.composition import ElementProperty
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ElementProperty.from_preset("magpie", impute_nan=impute_nan)
+
+
+def magpie_features(composition: Composition, impute_nan: bool = True) -> np.ndarray:
+    """matminer's Magpie ``ElementProperty`` (22 properties x 6 statistics), vectorised.
+
+    Same statistics as matminer's ``PropertyStats`` with composition fractions as weights
+    (minimum / maximum / range unweighted; mean and mean absolute deviation weighted; mode = the
+    smallest value among the elements of largest fraction), computed with one NumPy expression
+    per statistic over all 22 properties instead of matminer's per-property Python loop:
+    about 30 µs instead of 1.3 ms per composition (tests check equality with matminer).
+    """
+    table, known = _magpie_table(impute_nan)
+    items = list(composition.element_composition.items())
+    z = np.array([el.Z for el, _ in items], dtype=np.int64)
+    if not known[z].all():
+        missing = [el.symbol for (el, _), ok in zip(items, known[z], strict=True) if not ok]
+        raise FeaturizationError(f"no Magpie data for {', '.join(missing)}")
+    weights = np.array([amount for _, amount in items], dtype=float)
+    values = table[z]  # [k elements, 22 properties]
+    total = weights.sum()
+    mean = weights @ values / total
+    avg_dev = weights @ np.abs(values - mean) / total
+    heaviest = weights.max()
+    top = weights >= heaviest - (1e-8 + 1e-5 * heaviest)  # np.isclose(weights, max), as matminer
+    mode = np.where(top[:, None], values, np.inf).min(axis=0)
+    minimum, maximum = values.min(axis=0), values.max(axis=0)
+    stats = np.stack([minimum, maximum, maximum - minimum, mean, avg_dev, mode], axis=1)
+    return stats.reshape(-1)
+
+
 def to_composition(item: Composition | Structure | str | Mapping[str, float]) -> Composition:
     """A pymatgen Composition from a formula, a mapping, a Composition or a Structure."""
     from pymatgen.core import Composition, Structure
@@ -130,9 +196,15 @@ class CompositionFeaturizer:
         values: list[float] = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for featurizer in _matminer_featurizers(self.config):
+            featurizers = _matminer_featurizers(self.config)
+            for name, featurizer in zip(self.config.descriptors, featurizers, strict=True):
                 try:
+                    if name == "magpie":
+                        values += list(magpie_features(composition, self.config.impute_nan))
+                        continue
                     values += list(featurizer.featurize(composition))
+                except FeaturizationError:
+                    raise
                 except Exception as error:  # matminer raises bare ValueError/KeyError/...
                     raise FeaturizationError(
                         f"{type(featurizer).__name__} failed on {composition.reduced_formula}: {error}"

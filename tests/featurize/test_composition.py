@@ -98,3 +98,21 @@ def test_real_glass_table(shared_data) -> None:
     sums = table[list(GLASS_OXIDES)].sum(axis=1)
     flagged = [bool(f) for f in flags]
     assert flagged == list((sums - 100).abs() > 1.0)
+
+
+def test_vectorised_magpie_equals_matminer_on_real_formulas(shared_data) -> None:
+    from matcard.featurize.composition import magpie_features
+
+    table = pd.read_csv(shared_data / "matbench_composition" / "expt_is_metal.csv")
+    formulas = [*table["formula"].sample(150, random_state=0), "He", "Xe2F", "PuO2", "Na0.5Si0.3O1.5"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for impute in (True, False):
+            reference = ElementProperty.from_preset("magpie", impute_nan=impute)
+            for formula in formulas:
+                composition = Composition(formula)
+                expected = np.asarray(reference.featurize(composition), dtype=float)
+                got = magpie_features(composition, impute_nan=impute)
+                np.testing.assert_allclose(
+                    got, expected, rtol=1e-10, atol=1e-12, equal_nan=True, err_msg=formula
+                )
