@@ -12,8 +12,8 @@ meta set, in a separate stage on top of a pretrained backbone. To work as an ord
    [0.9999]) of the batch labels, then takes ``inner_steps`` [1] gradient steps (step
    ``weight_lr`` [1.0], scaled by the batch size so that it is independent of it) on the
    entropic OT distance (POT ``sinkhorn``, ``epsilon`` [0.1], up to ``max_iter`` [200]
-   iterations, stopping once the marginals are met to ``tolerance`` [1e-6]) between the batch
-   (source, softmax of the weight logits) and the uniform
+   iterations, stopping once the marginals are met to ``tolerance`` [1e-4], ample for one
+   weight step) between the batch (source, softmax of the weight logits) and the uniform
    meta set (target), with cost 0.5 (1 - cos(f_i, f_m)) + 0.5 ||e_{y_i} - e_{y_m}||^2;
 3. trains on sum_i w_i CE_i with the (detached) weights rescaled to mean 1.
 
@@ -56,7 +56,7 @@ class OTReweightLoss(ImbalanceLoss):
         inner_steps: int = 1,
         weight_lr: float = 1.0,
         beta: float = 0.9999,
-        tolerance: float = 1e-6,
+        tolerance: float = 1e-4,
     ) -> None:
         super().__init__(class_counts)
         if meta_per_class < 1 or inner_steps < 0 or max_iter < 1:
