@@ -349,8 +349,11 @@ def featurize_command(
         ("structures" if summary["kind"] == "graph" else "items", f"{summary['count']:,}"),
         ("inputs", f"{summary['inputs']:,}"),
         ("failures", f"{summary['failures']:,}{unreadable}"),
-        ("mean nodes", f"{summary['mean_nodes']:.1f}"),
-        ("mean edges", f"{summary['mean_edges']:.1f}"),
+        *(
+            [("mean nodes", f"{summary['mean_nodes']:.1f}"), ("mean edges", f"{summary['mean_edges']:.1f}")]
+            if summary["kind"] == "graph"
+            else [("features", f"{summary['n_features']:,}")]
+        ),
         ("flagged", f"{summary['flagged']:,}"),
         ("seconds", f"{summary['seconds']:.2f}" + (" (from cache)" if summary["from_cache"] else "")),
         ("per second", f"{rate:,.0f}" if rate else "-"),

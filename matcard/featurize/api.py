@@ -109,6 +109,7 @@ class FeaturizeReport:
             "from_cache": self.from_cache,
             "rebuilt_shards": self.rebuilt_shards,
             "flagged": len(self.store.flags),
+            "n_features": self.featurizer.node_dim,
             "featurizer": self.featurizer.config.model_dump(),
         }
         if self.labels is not None and self.class_names is not None:

@@ -43,7 +43,7 @@ def test_featurize_composition_of_a_registry_dataset_prints_a_summary(tmp_path: 
          "--descriptors", "stoichiometry,valence_orbital", "--out", str(tmp_path / "c"), "--jobs", "2"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    for word in ("items", "failures", "mean nodes", "seconds", "per second"):
+    for word in ("items", "failures", "features", "seconds", "per second"):
         assert word in result.output
     store = FeatureStore.read(tmp_path / "c")
     assert store.kind == "composition" and len(store) + len(store.failures) == store.n_inputs == 4921
