@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -292,7 +293,7 @@ def load_model(path: str | Path, device: str | None = "cpu") -> TrainedModel:
     weights = bundle_dir / WEIGHTS_FILE
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise MatcardError(f"cannot read weights {weights}: {error}") from error
     try:
         model.load_state_dict(state)

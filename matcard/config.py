@@ -38,7 +38,9 @@ class DataConfig(_Section):
     group_by_formula: bool = Field(
         False, description="keep polymorphs (same reduced formula) in one split to avoid leakage"
     )
-    limit: int | None = Field(None, ge=10, description="stratified subsample of this many items (quick runs)")
+    limit: int | None = Field(
+        None, ge=10, description="stratified subsample of exactly this many items (quick runs)"
+    )
     mirror: str | None = Field(None, description="download mirror (http:// or file:// base URL)")
 
 

@@ -429,7 +429,13 @@ def train(
     config, run_dir, resuming = resolve_run(config, resume=resume, **overrides)
     is_zero = global_rank_from_env() == 0
     _quiet_lightning()
-    if resuming and _run_status(run_dir) == "complete" and (run_dir / "metrics.json").is_file():
+    # a finished run is returned as it is, unless it is asked for more epochs than it had
+    if (
+        resuming
+        and _run_status(run_dir) == "complete"
+        and (run_dir / "metrics.json").is_file()
+        and config.trainer.epochs <= load_config(run_dir / "config.yaml").trainer.epochs
+    ):
         return _completed_result(config, run_dir)
 
     _preflight(config)  # model / loss / featurizer settings fail here, before any data work
@@ -484,6 +490,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*Trainer.fit. stopped.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
 
 
 def _preflight(config: TrainConfig) -> None:
@@ -993,13 +1000,7 @@ def _make_or_load_split(
     data_cfg = config.data
     subset = np.arange(len(ids))
     if data_cfg.limit is not None and data_cfg.limit < len(ids):
-        subset = np.sort(
-            splits.stratified_split(
-                y,
-                fractions=(data_cfg.limit / len(ids), 1 - data_cfg.limit / len(ids), 0.0),
-                seed=config.trainer.seed,
-            ).train
-        )
+        subset = _stratified_subset(y, data_cfg.limit, config.trainer.seed)
     groups = None
     if data_cfg.group_by_formula:
         if "reduced_formula" in dataset.table.columns:
@@ -1037,6 +1038,21 @@ def _make_or_load_split(
         if len(parts[name]) == 0:
             raise MatcardError(f"the {name} split is empty: the dataset is too small for these fractions")
     return parts
+
+
+def _stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Exactly ``size`` positions, each class keeping its share (up to rounding), sorted."""
+    from matcard import splits
+
+    fraction = size / len(y)
+    chosen = splits.stratified_split(y, fractions=(fraction, 1.0 - fraction, 0.0), seed=seed).train
+    rng = np.random.default_rng(seed)
+    if len(chosen) > size:  # per-class rounding overshot: drop a few at random
+        chosen = rng.choice(chosen, size=size, replace=False)
+    elif len(chosen) < size:  # or undershot: add a few of the rest at random
+        rest = np.setdiff1d(np.arange(len(y)), chosen)
+        chosen = np.concatenate([chosen, rng.choice(rest, size=size - len(chosen), replace=False)])
+    return np.sort(chosen)
 
 
 def _given_split(
