@@ -59,7 +59,10 @@ class LDAMLoss(ImbalanceLoss):
         self.register_buffer("active_weight", torch.ones(self.n_classes))
 
     def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
-        deferred = self.drw and epoch >= int(self.drw_start * max_epochs)
+        # an unknown / unlimited schedule (max_epochs None or <= 0) never defers
+        deferred = (
+            self.drw and bool(max_epochs) and max_epochs > 0 and epoch >= int(self.drw_start * max_epochs)
+        )
         self.active_weight.copy_(self.drw_weight if deferred else torch.ones_like(self.drw_weight))
 
     def compute(

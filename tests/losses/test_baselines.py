@@ -163,6 +163,8 @@ def test_ldam_margins_and_deferred_reweighting() -> None:
     assert float(loss(LOGITS, TARGET)) == pytest.approx(weighted, rel=1e-6)
     loss.on_epoch_start(7, 10)
     assert loss.active_weight.tolist() == [1.0, 1.0]
+    loss.on_epoch_start(50, -1)  # unlimited training (Lightning max_epochs=-1): never deferred
+    assert loss.active_weight.tolist() == [1.0, 1.0]
 
 
 def test_logit_adjustment_and_balanced_softmax() -> None:
