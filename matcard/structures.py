@@ -638,8 +638,9 @@ class _Worker:
         self.last_progress = time.monotonic()
 
     def send(self, batch: list[tuple[int, _Item]]) -> None:
+        if not self.pending:  # the clock runs for the item at the head of the queue only
+            self.last_progress = time.monotonic()
         self.pending.extend(batch)
-        self.last_progress = time.monotonic()
         self.conn.send(batch)
 
     def kill(self) -> None:
@@ -670,9 +671,10 @@ def _run_pool(
     try:
         while todo or any(w.pending for w in pool):
             for worker in pool:
-                if not worker.pending and todo:
-                    # Small batches keep the pipes busy without starving other workers at the end.
-                    size = max(1, min(32, len(todo) // (4 * n_workers)))
+                # Small batches keep every worker busy without starving the others at the end; a
+                # second batch is queued before the first runs dry so a worker never waits on us.
+                size = max(1, min(32, len(todo) // (4 * n_workers)))
+                if todo and len(worker.pending) <= size // 2:
                     worker.send([todo.popleft() for _ in range(min(size, len(todo)))])
             busy = {w.conn: w for w in pool if w.pending}
             wait_for = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
