@@ -124,6 +124,15 @@ def test_sharded_stream_visits_every_item_once(items, tmp_path: Path) -> None:
     ranks = [ShardedGraphDataset(report.store, labels, positions=train, rank=r, world_size=2) for r in (0, 1)]
     streamed = [int(g.y) for ds in ranks for g in ds]
     assert sorted(streamed) == list(train)
+    # an odd count: ranks still get equal numbers (one item repeated), with 2 loader workers each
+    odd = np.arange(0, 99, 3)  # 33 items
+    per_rank = []
+    for r in (0, 1):
+        ds = ShardedGraphDataset(report.store, labels, positions=odd, rank=r, world_size=2, shuffle=True)
+        ys = [y for batch in DataLoader(ds, batch_size=8, num_workers=2) for y in batch.y.tolist()]
+        assert len(ys) == len(ds) == 17
+        per_rank.append(ys)
+    assert set(per_rank[0]).isdisjoint(per_rank[1]) and set(per_rank[0]) | set(per_rank[1]) == set(odd)
 
 
 def test_composition_store_gives_a_matrix(tmp_path: Path) -> None:
