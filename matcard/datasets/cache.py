@@ -200,6 +200,7 @@ def write_parsed(
     arrow = arrow.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
+        tmp.chmod(0o644)  # mkstemp creates 0600; a shared cache must stay readable
 
 
 def read_parsed(path: Path) -> tuple[pd.DataFrame, StructureStore | None, dict[str, Any]] | None:

@@ -459,7 +459,12 @@ def _load_path(
         timeout=timeout,
         label_column=label_column,
     )
-    rows = [{"id": r.id, "source": r.source, **r.properties} for r in result.records]
+    seen: dict[str, int] = {}
+    ids = []
+    for record in result.records:  # ids must be unique (splits and caches key on them)
+        seen[record.id] = seen.get(record.id, 0) + 1
+        ids.append(record.id if seen[record.id] == 1 else f"{record.id}#{seen[record.id]}")
+    rows = [{"id": i, "source": r.source, **r.properties} for i, r in zip(ids, result.records, strict=True)]
     table = pd.DataFrame(rows, columns=None if rows else ["id", "source"])
     if any(r.label is not None for r in result.records):
         table["label"] = [r.label for r in result.records]

@@ -194,3 +194,10 @@ def test_disordered_structures_survive_the_cache(shared_data: Path, tmp_path: Pa
     assert store.flags[0] == ("disordered_kept",)
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     assert read_parsed(tmp_path / "broken.parquet") is None
+
+
+def test_path_dataset_ids_are_unique(shared_data: Path) -> None:
+    folder = shared_data / "cgcnn_sample_classification"
+    twice = load_dataset([folder, folder], progress=False)
+    assert len(twice) == 20 and len(set(twice.ids)) == 20
+    assert twice.ids[10] == twice.ids[0] + "#2"
