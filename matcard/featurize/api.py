@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from matcard.errors import ConfigError, MatcardError, UsageError
-from matcard.featurize.cache import FeatureStore, cache_key, features_root, fill_store, open_store
+from matcard.featurize.cache import (
+    FeatureStore,
+    cache_key,
+    features_root,
+    fill_store,
+    open_store,
+    store_lock,
+)
 from matcard.featurize.composition import CompositionFeaturizer, CompositionFeaturizerConfig
 from matcard.featurize.graph import GraphFeaturizer, GraphFeaturizerConfig, StructureArrays
 from matcard.featurize.parallel import ItemFailure, resolve_jobs, run_featurization
@@ -109,6 +117,9 @@ class FeaturizeReport:
             "from_cache": self.from_cache,
             "rebuilt_shards": self.rebuilt_shards,
             "flagged": len(self.store.flags),
+            "flag_counts": dict(
+                Counter(flag.split(":")[0] for flags in self.store.flags.values() for flag in flags)
+            ),
             "n_features": self.featurizer.node_dim,
             "featurizer": self.featurizer.config.model_dump(),
         }
@@ -196,59 +207,60 @@ def featurize_items(
     config = featurizer.config.model_dump()
     key = cache_key(dataset_hash, config)
     path = Path(out) if out is not None else features_root() / f"{name}-{featurizer.kind}-{key}"
-    store, bad = open_store(
-        path,
-        key=key,
-        kind=featurizer.kind,
-        featurizer_config=config,
-        n_inputs=len(items),
-        shard_size=shard_size,
-        dataset={"name": name, "content_hash": dataset_hash},
-        verify_checksums=verify_checksums,
-    )
-    pending = [k for k in range(store.n_shards) if k not in store.shards]
-    from_cache = not pending and not bad
-    n_pending = sum(min(shard_size, len(items) - k * shard_size) for k in pending)
-    if jobs is None and n_pending < _MIN_ITEMS_FOR_WORKERS[featurizer.kind]:
-        n_jobs = 1  # starting workers would cost more than the work itself
-    if chunk_size is None:
-        # small enough to spread over the workers and update the bar, large enough to amortise IPC
-        chunk_size = int(np.clip(n_pending // (8 * n_jobs) or 1, 16, 256))
-    chunk_size = max(1, min(chunk_size, shard_size))
-    while shard_size % chunk_size:  # chunks never straddle a shard boundary
-        chunk_size -= 1
+    with store_lock(path):  # one writer per store; a second process waits, then loads
+        store, bad = open_store(
+            path,
+            key=key,
+            kind=featurizer.kind,
+            featurizer_config=config,
+            n_inputs=len(items),
+            shard_size=shard_size,
+            dataset={"name": name, "content_hash": dataset_hash},
+            verify_checksums=verify_checksums,
+        )
+        pending = [k for k in range(store.n_shards) if k not in store.shards]
+        from_cache = not pending and not bad
+        n_pending = sum(min(shard_size, len(items) - k * shard_size) for k in pending)
+        if jobs is None and n_pending < _MIN_ITEMS_FOR_WORKERS[featurizer.kind]:
+            n_jobs = 1  # starting workers would cost more than the work itself
+        if chunk_size is None:
+            # small enough to spread over the workers and update the bar, large enough to amortise IPC
+            chunk_size = int(np.clip(n_pending // (8 * n_jobs) or 1, 16, 256))
+        chunk_size = max(1, min(chunk_size, shard_size))
+        while shard_size % chunk_size:  # chunks never straddle a shard boundary
+            chunk_size -= 1
 
-    if pending:
-        with make_progress(disable=not progress) as bar:
-            task = bar.add_task(f"featurize {name} ({featurizer.kind})", total=n_pending)
-            # one run per contiguous range of pending shards (usually exactly one)
-            ranges: list[list[int]] = []
-            for k in pending:
-                if ranges and ranges[-1][-1] == k - 1:
-                    ranges[-1].append(k)
-                else:
-                    ranges.append([k])
-            for run in ranges:
-                start, stop = run[0] * shard_size, min((run[-1] + 1) * shard_size, len(items))
-                chunks = run_featurization(
-                    featurizer,
-                    items[start:stop],
-                    jobs=n_jobs,
-                    chunk_size=chunk_size,
-                    start=start,
-                    on_chunk=lambda chunk: bar.advance(task, chunk.stop - chunk.start),
-                )
-                fill_store(store, chunks)
-    elapsed = time.perf_counter() - began
-    return FeaturizeReport(
-        store=store,
-        featurizer=featurizer,
-        from_cache=from_cache,
-        seconds=elapsed,
-        built=n_pending,
-        rebuilt_shards=bad,
-        ids=list(items.ids) if isinstance(items, _StoreItems) else [str(i) for i, _ in items],
-    )
+        if pending:
+            with make_progress(disable=not progress) as bar:
+                task = bar.add_task(f"featurize {name} ({featurizer.kind})", total=n_pending)
+                # one run per contiguous range of pending shards (usually exactly one)
+                ranges: list[list[int]] = []
+                for k in pending:
+                    if ranges and ranges[-1][-1] == k - 1:
+                        ranges[-1].append(k)
+                    else:
+                        ranges.append([k])
+                for run in ranges:
+                    start, stop = run[0] * shard_size, min((run[-1] + 1) * shard_size, len(items))
+                    chunks = run_featurization(
+                        featurizer,
+                        items[start:stop],
+                        jobs=n_jobs,
+                        chunk_size=chunk_size,
+                        start=start,
+                        on_chunk=lambda chunk: bar.advance(task, chunk.stop - chunk.start),
+                    )
+                    fill_store(store, chunks)
+        elapsed = time.perf_counter() - began
+        return FeaturizeReport(
+            store=store,
+            featurizer=featurizer,
+            from_cache=from_cache,
+            seconds=elapsed,
+            built=n_pending,
+            rebuilt_shards=bad,
+            ids=list(items.ids) if isinstance(items, _StoreItems) else [str(i) for i, _ in items],
+        )
 
 
 class _StoreItems(Sequence[tuple[str, Any]]):

@@ -22,6 +22,7 @@ task, and ``y`` is attached from the task's labels when the store is read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -348,6 +349,31 @@ class FeatureStore:
         }
 
 
+@contextlib.contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on a store folder, so two processes featurizing the same dataset into the
+    same place (e.g. ``matcard featurize`` and ``matcard train``) take turns instead of racing;
+    the second then finds the first one's shards and loads them."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (writes are still atomic)
+        yield
+        return
+    with open(path / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from matcard.console import console
+
+            console.print(f"waiting for another process featurizing into {path} ...")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def open_store(
     path: Path,
     *,
@@ -364,6 +390,8 @@ def open_store(
     Returns ``(store, rebuilt)`` where ``rebuilt`` lists shards that were present but failed
     verification (they will be featurized again).
     """
+    for leftover in path.glob(".*.tmp"):  # temp files of a run killed mid-write (we hold the lock)
+        leftover.unlink(missing_ok=True)
     if (path / MANIFEST).exists():
         try:
             store = FeatureStore.read(path)
@@ -378,7 +406,7 @@ def open_store(
             bad = store.verify(checksums=verify_checksums)
             return store, bad
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("shard-*.pt"):  # another key's shards: never mix
+    for stale in [*path.glob("shard-*.pt"), *path.glob(".*.tmp")]:  # another key's shards: never mix
         stale.unlink()
     store = FeatureStore(
         path=path,

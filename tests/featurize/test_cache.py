@@ -26,7 +26,7 @@ def items(mp20_items):
 def test_second_run_is_served_from_the_cache(items, tmp_path: Path) -> None:
     first = featurize_items(items, "graph", out=tmp_path / "store", jobs=1, shard_size=50, progress=False)
     assert not first.from_cache and first.built == 120 and len(first.store) == 120
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "store").iterdir() if not p.name.startswith(".")) == [
         "manifest.json",
         "shard-00000.pt",
         "shard-00001.pt",
@@ -142,3 +142,30 @@ def test_composition_store_gives_a_matrix(tmp_path: Path) -> None:
     assert matrix.shape[0] == 4 and positions.tolist() == [0, 1, 2, 4]
     assert [f.id for f in report.failures] == ["g3"]
     assert tuple(report.load()[0].x.shape) == (1, matrix.shape[1])
+
+
+def test_a_second_writer_waits_for_the_first_then_loads_its_work(items, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from matcard.featurize.cache import store_lock
+
+    out = tmp_path / "store"
+    events: list[str] = []
+    with store_lock(out):  # another process is featurizing into this folder
+        worker = threading.Thread(
+            target=lambda: events.append(
+                "cached" if featurize_items(items[:10], "graph", out=out, jobs=1, progress=False).from_cache
+                else "built"
+            )
+        )
+        worker.start()
+        time.sleep(0.5)
+        assert events == [] and worker.is_alive()  # blocked on the lock
+        events.append("released")
+    worker.join(timeout=60)
+    assert events == ["released", "built"]
+    # stale temp files of a killed writer are cleared when the store is opened
+    (out / ".shard-00000.pt.abc.tmp").write_bytes(b"partial")
+    assert featurize_items(items[:10], "graph", out=out, jobs=1, progress=False).from_cache
+    assert not list(out.glob(".*.tmp"))
