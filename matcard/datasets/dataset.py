@@ -431,8 +431,13 @@ def _load_path(
     progress: bool,
     timeout: float | None,
     label_column: str | None,
+    root: Path | None = None,
+    cache: bool | None = None,
 ) -> Dataset:
-    """Any file/folder/glob: structures via read_structures, or a composition table."""
+    """Any file/folder/glob: structures via read_structures, or a composition table.
+
+    Parsed structures are cached under ``root/parsed`` keyed on every file's path, size and mtime
+    (``cache=None``: only inputs of at least PATH_CACHE_MIN_STRUCTURES structures)."""
     import pandas as pd
 
     from matcard.structures import detect_format, read_structures
@@ -450,6 +455,25 @@ def _load_path(
                 composition_fn=formula_compositions,
                 default_task="label" if "label" in table.columns else None,
                 source=str(first),
+            )
+    name = first.name if len(sources) == 1 else "structures"
+    source_text = ", ".join(map(str, sources))
+    cache_path = None
+    if cache is not False and root is not None:
+        fingerprint = _path_fingerprint(sources)
+        key = cache_key("path", disorder, timeout, label_column, json.dumps(fingerprint))
+        cache_path = parsed_cache_path(root, f"path-{name}", key)
+        cached = read_parsed(cache_path)
+        if cached is not None:
+            table, store, meta = cached
+            return _path_dataset(
+                name,
+                table,
+                store,
+                [ReadFailure(f["source"], f["reason"]) for f in meta.get("failures", [])],
+                [ReadFailure(f["source"], f["reason"]) for f in meta.get("skipped", [])],
+                source_text,
+                meta.get("content_hash"),
             )
     result = read_structures(
         *sources,
@@ -470,20 +494,74 @@ def _load_path(
         table["label"] = [r.label for r in result.records]
     table["reduced_formula"] = reduced_formulas(result.structures)
     store = StructureStore.from_structures(result.structures, [r.flags for r in result.records])
+    dataset = _path_dataset(name, table, store, result.failures, result.skipped, source_text, None)
+    if cache_path is not None and (cache or len(result.records) >= PATH_CACHE_MIN_STRUCTURES):
+        try:
+            write_parsed(
+                cache_path,
+                table,
+                store,
+                {
+                    "name": name,
+                    "content_hash": dataset.content_hash,
+                    "failures": [{"source": f.source, "reason": f.reason} for f in result.failures],
+                    "skipped": [{"source": f.source, "reason": f.reason} for f in result.skipped],
+                },
+            )
+        except Exception:  # e.g. mixed-type property columns Arrow cannot store: just don't cache
+            cache_path.unlink(missing_ok=True)
+    return dataset
+
+
+PATH_CACHE_MIN_STRUCTURES = 1000  # smaller inputs parse in seconds; don't fill the cache with them
+
+
+def _path_fingerprint(sources: Sequence[str | os.PathLike[str]]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every file the sources cover: any change invalidates the cache."""
+    import glob
+
+    files: list[Path] = []
+    for source in sources:
+        path = Path(os.fspath(source)).expanduser()
+        matches = [path] if path.exists() else [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
+        for match in matches:
+            if match.is_dir():
+                files.extend(
+                    f
+                    for f in sorted(match.rglob("*"))
+                    if f.is_file() and not any(part.startswith(".") for part in f.relative_to(match).parts)
+                )
+            elif match.is_file():
+                files.append(match)
+    out = []
+    for f in files:
+        stat = f.stat()
+        out.append((str(f.resolve()), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def _path_dataset(
+    name: str,
+    table: pd.DataFrame,
+    store: StructureStore | None,
+    failures: Sequence[ReadFailure],
+    skipped: Sequence[ReadFailure],
+    source: str,
+    content_hash: str | None,
+) -> Dataset:
     tasks = _generic_tasks(table, structures=True)
-    name = first.name if len(sources) == 1 else "structures"
-    default = "label" if "label" in tasks else "crystal_system"
     dataset = Dataset(
         name,
         "structures",
         table,
         tasks=tasks,
         store=store,
-        failures=[*result.failures],
-        default_task=default,
-        source=", ".join(map(str, sources)),
+        failures=list(failures),
+        default_task="label" if "label" in tasks else "crystal_system",
+        source=source,
+        content_hash=content_hash,
     )
-    dataset.skipped = list(result.skipped)  # type: ignore[attr-defined]
+    dataset.skipped = list(skipped)  # type: ignore[attr-defined]
     return dataset
 
 
@@ -534,6 +612,7 @@ def load_dataset(
     refresh: bool = False,
     timeout: float | None = 10.0,
     label_column: str | None = None,
+    cache: bool | None = None,
     **query: Any,
 ) -> Dataset:
     """Load a registered dataset by name, or structures / compositions from paths.
@@ -542,6 +621,8 @@ def load_dataset(
     upstream base URL), parsed once in parallel, and cached as Parquet under ``data_dir``
     (default: ``MATCARD_DATA_DIR``, ``data/`` in a checkout, or the user cache). ``materials-project``
     takes query keywords (see :func:`matcard.datasets.materials_project.query_materials_project`).
+    Paths are parsed with :func:`matcard.structures.read_structures`; ``cache`` stores the parse
+    (None: automatically for inputs of 1,000+ structures), invalidated by any file change.
     """
     from matcard.datasets import cache as cache_module
 
@@ -582,6 +663,8 @@ def load_dataset(
         progress=progress,
         timeout=timeout,
         label_column=label_column,
+        root=root,
+        cache=cache,
     )
 
 

@@ -201,3 +201,32 @@ def test_path_dataset_ids_are_unique(shared_data: Path) -> None:
     twice = load_dataset([folder, folder], progress=False)
     assert len(twice) == 20 and len(set(twice.ids)) == 20
     assert twice.ids[10] == twice.ids[0] + "#2"
+
+
+def test_path_parse_cache_is_reused_and_invalidated(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    import matcard.structures
+
+    folder = tmp_path / "cgcnn"
+    shutil.copytree(shared_data / "cgcnn_sample_classification", folder)
+    first = load_dataset(folder, data_dir=tmp_path / "cache", cache=True, progress=False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("parsed again although the files did not change")
+
+    monkeypatch.setattr(matcard.structures, "read_structures", forbidden)
+    again = load_dataset(folder, data_dir=tmp_path / "cache", cache=True, progress=False)
+    assert again.ids == first.ids and again.content_hash == first.content_hash
+    assert again.labels().class_counts() == {"0": 5, "1": 5}
+    assert [s.reason for s in again.skipped] == ["label file (id_prop.csv)"]
+    assert again.structures()[2] == first.structures()[2]
+
+    victim = next(folder.glob("*.cif"))
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="parsed again"):
+        load_dataset(folder, data_dir=tmp_path / "cache", cache=True, progress=False)
