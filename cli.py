@@ -329,16 +329,22 @@ def featurize_command(
     summary["read_failures"] = len(getattr(dataset, "failures", []) or [])
     if as_json:
         summary["failed_items"] = [vars(f) for f in report.failures]
+        summary["unreadable"] = [
+            {"source": str(f.source), "reason": f.reason} for f in getattr(dataset, "failures", []) or []
+        ]
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    if report.failures:
-        failures = Table(title=f"failures ({len(report.failures)})")
-        for column in ("#", "id", "reason"):
+    read_failures = list(getattr(dataset, "failures", []) or [])
+    rows_failed = [(str(f.position), f.id, f.reason) for f in report.failures]
+    rows_failed += [("read", str(f.source), f.reason) for f in read_failures]
+    if rows_failed:
+        failures = Table(title=f"failures ({len(rows_failed)})")
+        for column in ("#", "id / source", "reason"):
             failures.add_column(column, overflow="fold")
-        for failure in report.failures[:20]:
-            failures.add_row(str(failure.position), failure.id, failure.reason)
-        if len(report.failures) > 20:
-            failures.add_row("…", f"{len(report.failures) - 20} more", "see manifest.json")
+        for row in rows_failed[:20]:
+            failures.add_row(*row)
+        if len(rows_failed) > 20:
+            failures.add_row("…", f"{len(rows_failed) - 20} more", "see --json / manifest.json")
         console.print(failures)
     table = Table(title=f"featurized {getattr(dataset, 'name', source)} ({summary['kind']})")
     table.add_column("", style="bold")
@@ -354,7 +360,8 @@ def featurize_command(
             if summary["kind"] == "graph"
             else [("features", f"{summary['n_features']:,}")]
         ),
-        ("flagged", f"{summary['flagged']:,}"),
+        ("flagged", f"{summary['flagged']:,}"
+         + "".join(f"\n  {name}: {count:,}" for name, count in summary["flag_counts"].items())),
         ("seconds", f"{summary['seconds']:.2f}" + (" (from cache)" if summary["from_cache"] else "")),
         ("per second", f"{rate:,.0f}" if rate else "-"),
         ("path", summary["path"]),
@@ -672,6 +679,9 @@ def screen_command(
         )
     except MatcardError as err:
         raise fail(err) from err
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished shards are saved; rerun with --resume to continue")
+        raise typer.Exit(code=130) from None
     console.print(summary_table(result))
     if json_output:
         import json
