@@ -1,0 +1,161 @@
+"""`matcard train` / `matcard evaluate`: CliRunner for the shell, real subprocesses where it matters
+(a fresh process loading a bundle, two-process DDP on CPU with gloo, a run killed and resumed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+FAST = ["--set", "data.limit=150", "--set", "trainer.threads=1", "--quiet"]
+MATCARD = str(Path(sys.executable).parent / "matcard")
+
+
+@pytest.fixture(scope="module")
+def env(session_data_dir, file_mirror):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MATCARD_DATA_DIR", str(session_data_dir))
+        patch.setenv("MATCARD_MIRROR", file_mirror)
+        yield
+
+
+@pytest.fixture(scope="module")
+def cli_run(env, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(app, ["train", "--out", str(run_dir), "--epochs", "3", "--seed", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    return run_dir, result
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    with open(run_dir / "history.csv", newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def test_train_ends_with_test_metrics_and_per_class_recall(cli_run):
+    run_dir, result = cli_run
+    assert result.stdout == ""  # tables and progress go to stderr
+    for text in (
+        "test metrics",
+        "balanced_accuracy",
+        "macro_f1",
+        "recall",
+        "cubic",
+        "triclinic",
+        str(run_dir),
+    ):
+        assert text in result.output
+    assert (run_dir / "model" / "bundle.json").is_file()
+    assert json.loads((run_dir / "splits" / "split.json").read_text())["meta"]["seed"] == 1
+
+
+def test_evaluate_json_reproduces_the_run_test_metrics(cli_run):
+    run_dir, _ = cli_run
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    assert evaluated["split"] == "test"
+    assert evaluated["metrics"] == json.loads((run_dir / "metrics.json").read_text())["test"]
+
+
+def test_bad_usage_exits_2_naming_the_problem(env, tmp_path):
+    runner = CliRunner()
+    bad_key = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "trainer.epochz=3"])
+    assert bad_key.exit_code == 2 and "trainer.epochz" in bad_key.output
+    bad_value = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--epochs", "0"])
+    assert bad_value.exit_code == 2 and "trainer.epochs" in bad_value.output
+    missing = runner.invoke(app, ["evaluate", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_bundle_predicts_in_a_fresh_process(cli_run, shared_data):
+    run_dir, _ = cli_run
+    folder = shared_data / "cgcnn_sample_classification"
+    code = (
+        "import sys, matcard; m = matcard.load_model(sys.argv[1]); "
+        "print(m.predict(sys.argv[2]).to_json(orient='records'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir / "model"), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = json.loads(out.stdout)
+    import matcard
+
+    expected = matcard.load_model(run_dir / "model").predict(folder)
+    assert [r["id"] for r in rows] == expected["id"].tolist() and len(rows) == 10
+    assert [r["predicted_class"] for r in rows] == expected["predicted_class"].tolist()
+    for row, (_, want) in zip(rows, expected.iterrows(), strict=True):
+        assert row["prob_cubic"] == pytest.approx(want["prob_cubic"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_yields_a_loadable_bundle(env, tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [MATCARD, "train", "--devices", "2", "--accelerator", "cpu", "--epochs", "2"]
+    command += ["--out", str(run_dir), *FAST]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""
+    import matcard
+
+    model = matcard.load_model(run_dir)
+    assert len(model.class_names) == 7
+    assert _epochs(run_dir) == [0, 1]
+    assert json.loads((run_dir / "metrics.json").read_text())["test"]["n_samples"] > 0
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint(env, tmp_path):
+    run_dir = tmp_path / "killed"
+    command = [
+        MATCARD,
+        "train",
+        "--out",
+        str(run_dir),
+        "--epochs",
+        "12",
+        "--set",
+        "trainer.patience=null",
+        *FAST,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            checkpointed = (run_dir / "checkpoints" / "last.ckpt").is_file()
+            if checkpointed and (run_dir / "history.csv").is_file() and len(_epochs(run_dir)) >= 2:
+                break
+            assert process.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        assert process.poll() is None, "training ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    killed_at = len(_epochs(run_dir))
+    assert killed_at < 12
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = subprocess.run([MATCARD, "train", "--out", str(run_dir), "--resume", "--quiet"],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _epochs(run_dir) == list(range(12))  # every epoch exactly once
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete" and info["resumed"] is True
+    for name in ("metrics.json", "confusion_matrix.png", "per_class_recall.png", "model/weights.pt"):
+        assert (run_dir / name).is_file()
