@@ -208,7 +208,7 @@ def fetch_remote(
         if dest.exists() and not force and sha256_file(dest) == remote.sha256:
             return dest
         archive = root / ".archives" / Path(urllib.parse.urlsplit(remote.url).path).name
-        fetch(remote.url, archive, sha256=None, force=force, progress=progress)
+        fetch(remote.url, archive, sha256=remote.archive_sha256, force=force, progress=progress)
         dest.parent.mkdir(parents=True, exist_ok=True)
         return _extract_member(archive, remote.archive_member, dest, remote.sha256)
     return fetch(

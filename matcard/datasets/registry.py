@@ -25,6 +25,7 @@ class RemoteFile:
     sha256: str
     size: int | None = None
     archive_member: str | None = None
+    archive_sha256: str | None = None  # of the archive at ``url`` (verified before extraction)
 
     @property
     def relative_path(self) -> str:
@@ -62,8 +63,9 @@ _PEROV5_BASE = (
     "https://raw.githubusercontent.com/txie-93/cdvae/f857f598d6f6cca5dc1ea0582d228f12dcc2c2ea/data/perov_5"
 )
 _GLASS_BASE = "https://raw.githubusercontent.com/miguelomalley/CardLoss/53b43649b6d04f7ccd65146fdbbf9a612b136c67/Glass/data"
-# The Matbench composition CSVs are members of the crabnet 2.0.8 wheel on PyPI.
+# The Matbench composition CSVs are members of the crabnet 2.0.8 wheel on PyPI (34,739,062 B).
 _CRABNET_WHEEL = "https://files.pythonhosted.org/packages/py3/c/crabnet/crabnet-2.0.8-py3-none-any.whl"
+_CRABNET_WHEEL_SHA256 = "4901565abaa5b4cd1a7841b9de647a3906df21676b226a7abf972d113f92054a"
 _MP_CITATION = "Jain et al., APL Materials 1, 011002 (2013) (Materials Project)"
 _MATBENCH_CITATION = "Dunn et al., npj Comput. Mater. 6, 138 (2020) (Matbench v0.1); crabnet 2.0.8 (MIT)"
 
@@ -96,6 +98,7 @@ def _matbench(name: str, file: str, sha: str, size: int, rows: int, task: Task, 
                 sha256=sha,
                 size=size,
                 archive_member=f"crabnet/data/matbench/{file}",
+                archive_sha256=_CRABNET_WHEEL_SHA256,
             ),
         ),
         default_task=task.name,
