@@ -131,7 +131,8 @@ def screen(
     ``out``. ``target_class``/``min_prob``/``top_k`` write a ranked shortlist. ``ase_db`` writes
     each prediction into that ASE database as key-value pairs (see ``write_ase_db``).
     """
-    inputs_list = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    single = isinstance(inputs, str | os.PathLike) or _is_record(inputs) or _is_structure_object(inputs)
+    inputs_list = [inputs] if single else list(inputs)
     _validate(inputs_list, out, batch_size, workers, min_prob, top_k, target_class, shard_atoms, disorder)
     model_ref, model = _load(model)
     class_names = list(model.class_names)
@@ -245,9 +246,15 @@ def _load(model: Any) -> tuple[Any, Any]:
 
 
 def _resolve_inputs(inputs: list[Any]) -> list[Any]:
-    """Paths and globs stay strings (for the structure reader); other names become registry Datasets."""
+    """Paths and globs stay strings and in-memory structures stay objects (both for the structure
+    reader); StructureRecords pass through; other names become registry Datasets."""
     sources: list[Any] = []
     for raw in inputs:
+        if _is_record(raw) or _is_structure_object(raw):
+            sources.append(raw)
+            continue
+        if not isinstance(raw, str | os.PathLike):
+            raise UsageError(f"inputs: cannot screen a {type(raw).__name__}")
         text = os.fspath(raw)
         if Path(text).expanduser().exists() or glob.has_magic(text):
             if glob.has_magic(text) and not glob.glob(os.path.expanduser(text), recursive=True):
@@ -256,6 +263,19 @@ def _resolve_inputs(inputs: list[Any]) -> list[Any]:
             continue
         sources.append(_load_registry_dataset(text))
     return sources
+
+
+def _is_record(obj: Any) -> bool:
+    return hasattr(obj, "structure") and hasattr(obj, "id") and hasattr(obj, "source")
+
+
+def _is_structure_object(obj: Any) -> bool:
+    """pymatgen Structure / IStructure and ASE Atoms, which the structure reader accepts as they are."""
+    return type(obj).__module__.startswith(("pymatgen.", "ase.")) and type(obj).__name__ in {
+        "Structure",
+        "IStructure",
+        "Atoms",
+    }
 
 
 def _load_registry_dataset(name: str) -> Any:
@@ -291,6 +311,10 @@ def _dataset_items(dataset: Any) -> Iterator[Any]:
 def _describe_source(source: Any) -> str:
     if isinstance(source, str):
         return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+    if _is_record(source):
+        return f"record:{source.id}:{source.source}"
+    if _is_structure_object(source):
+        return f"<{type(source).__name__} {len(source)} sites>"
     return f"dataset:{source.name}:{getattr(source, 'content_hash', '')}"
 
 
@@ -329,15 +353,19 @@ def _read_sources(sources: list[Any], disorder: str, timeout: float) -> Iterator
     """Records and failures of every input in order; consecutive paths share one reader pool."""
     from matcard.structures import iter_structures
 
-    paths: list[str] = []
+    for_reader: list[Any] = []
     for source in [*sources, None]:
-        if isinstance(source, str):
-            paths.append(source)
+        if isinstance(source, str) or _is_structure_object(source):
+            for_reader.append(source)
             continue
-        if paths:
-            yield from iter_structures(*paths, disorder=disorder, timeout=timeout)
-            paths = []
-        if source is not None:
+        if for_reader:
+            yield from iter_structures(*for_reader, disorder=disorder, timeout=timeout)
+            for_reader = []
+        if source is None:
+            break
+        if _is_record(source):
+            yield source
+        else:
             yield from _dataset_items(source)
 
 

@@ -246,3 +246,19 @@ def test_screen_an_ase_database_and_write_back_into_it(
         rows = list(db.select())
     assert len(rows) == 5  # updated in place, no new rows
     assert all("matcard_class" in row.key_value_pairs and "name" in row.key_value_pairs for row in rows)
+
+
+def test_in_memory_structures_and_isolated_atoms(seeded_bundle: Path) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    dense = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    sparse = Structure(Lattice.cubic(12.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 10.4 Å apart
+    result = screen(seeded_bundle, [dense, sparse], None, progress=False)
+    frame = result.predictions
+    assert len(frame) == 2 and result.n_failed == 0
+    dense_flags, sparse_flags = (flags.split(";") for flags in frame["flags"])
+    assert "isolated_atom" not in dense_flags
+    assert "isolated_atom" in sparse_flags  # no neighbour within the 8 Å cutoff
+    assert any(flag.startswith("cutoff_grown:8") for flag in sparse_flags)
+    assert any(flag.startswith("volume_per_atom_out_of_range") for flag in sparse_flags)
+    assert not any(flag.startswith("volume_per_atom") for flag in dense_flags)
