@@ -120,7 +120,7 @@ class DaskBackend(Backend):
         self._distributed = distributed
         self._owns_client = not isinstance(scheduler, distributed.Client)
         try:
-            self.client = distributed.Client(scheduler, timeout="30s") if self._owns_client else scheduler
+            self.client = distributed.Client(scheduler, timeout="15s") if self._owns_client else scheduler
         except (OSError, TimeoutError) as exc:
             raise MatcardError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
         n_threads = sum(self.client.nthreads().values()) or 1

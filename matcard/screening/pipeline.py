@@ -63,6 +63,7 @@ class ScreenResult:
     errors: Any = None  # pandas.DataFrame when out is None
     shortlist: Any = None  # pandas.DataFrame when out is None and a class was ranked
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    flag_counts: dict[str, int] = field(default_factory=dict)  # rows carrying each flag name
 
     @property
     def per_second(self) -> float:
@@ -85,6 +86,7 @@ class ScreenResult:
             "structures_per_second": round(self.per_second, 2),
             "backend": self.backend,
             "failure_reasons": self.failure_reasons,
+            "flag_counts": self.flag_counts,
         }
 
 
@@ -453,6 +455,8 @@ def _run(
     _remove_stale_temp_files(out)
     finished = store.finished_keys()
     n_resumed = store.committed_items
+    if resume and not store.shards:
+        console.print(f"nothing to resume in {store.directory}: screening from the start")
     if resume and n_resumed:
         console.print(f"resuming: {n_resumed} item(s) in {len(store.shards)} shard(s) already done")
 
@@ -571,6 +575,7 @@ def _merge(
     import pyarrow.compute as pc
 
     public = pa.schema([f for f in store.schema if f.name != "seq"])
+    flag_names: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     n_predicted = n_flagged = 0
     ranked: pa.Table | None = None
@@ -582,6 +587,9 @@ def _merge(
             n_predicted += table.num_rows
             counts.update(table["predicted_class"].to_pylist())
             n_flagged += int(pc.sum(pc.not_equal(table["flags"], "")).as_py() or 0)
+            for flags in table["flags"].to_pylist():
+                if flags:  # count each flag name once per row ("unseen_element:Ru" -> "unseen_element")
+                    flag_names.update({flag.split(":", 1)[0] for flag in flags.split(";")})
             if prob_column is not None:
                 candidates = table
                 if min_prob is not None:
@@ -626,6 +634,7 @@ def _merge(
         backend="",
         shortlist_size=shortlist_size,
         failure_reasons=dict(reasons.most_common()),
+        flag_counts=dict(flag_names.most_common()),
     )
 
 

@@ -18,6 +18,8 @@ def summary_table(result: ScreenResult) -> Table:
     table.add_section()
     table.add_row("predicted (total)", f"{result.n_predicted:,}", _share(result.n_predicted, total))
     table.add_row("flagged", f"{result.n_flagged:,}", _share(result.n_flagged, result.n_predicted))
+    for name, count in list(result.flag_counts.items())[:6]:
+        table.add_row(f"  {name}", f"{count:,}", _share(count, result.n_predicted))
     table.add_row("failed", f"{result.n_failed:,}", _share(result.n_failed, total))
     for reason, count in list(result.failure_reasons.items())[:5]:
         table.add_row(f"  {reason}", f"{count:,}", "")

@@ -70,6 +70,9 @@ def test_messy_cifs_never_crash_and_every_file_is_accounted_for(
     assert "n_atoms_out_of_range:616" in flags["P24Ru4H252C296S24N16"]
     assert "unseen_element:Ru" in flags["P24Ru4H252C296S24N16"]
     assert "cif_warning:formula_mismatch" in flags["P24Ru4H252C296S24N16"]  # reader flags pass through
+    flagged_rows = frame["flags"].str.len() > 0
+    assert result.n_flagged == int(flagged_rows.sum())
+    assert result.flag_counts["unseen_element"] == int(frame["flags"].str.contains("unseen_element:").sum())
 
 
 def test_disordered_structures_kept_are_flagged(
