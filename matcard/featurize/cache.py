@@ -3,13 +3,14 @@
 A store is one folder::
 
     manifest.json        key inputs, featurizer config, shards (sha256, bytes, count), failures
-    shard-00000.pt       up to ``shard_size`` consecutive input items, collated (see below)
+    shard-00000.npz      up to ``shard_size`` consecutive input items, collated (see below)
     ...
 
 Shard ``k`` holds the successful items among input positions ``[k * shard_size, (k+1) * shard_size)``
 as concatenated tensors plus pointers (``node_ptr``, ``edge_ptr``), the same layout
-torch-geometric's ``InMemoryDataset`` uses, saved with ``torch.save`` and read back with
-``torch.load(weights_only=True)`` (no pickled code). The manifest is rewritten atomically after
+torch-geometric's ``InMemoryDataset`` uses, saved as an uncompressed NumPy ``.npz`` and read back
+with ``allow_pickle=False`` (no pickled code; building and checking a store never imports torch,
+which matters for the CLI's start-up). The manifest is rewritten atomically after
 every shard, so an interrupted run resumes from its last complete shard; on open every shard's
 size and sha256 are checked against the manifest and a truncated or corrupt shard is rebuilt,
 never trusted. Because each shard is self-contained, data larger than memory streams one shard
@@ -27,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +43,9 @@ from matcard.featurize.parallel import ChunkResult, ItemFailure, ItemResult
 from matcard.fileio import atomic_path, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
-    import torch
     from torch_geometric.data import Data
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 MANIFEST = "manifest.json"
 
 
@@ -77,28 +78,26 @@ def features_root() -> Path:
 
 def _collate(results: Sequence[ItemResult], kind: str) -> dict[str, Any]:
     """Concatenate a shard's items into flat tensors plus pointers."""
-    import torch
-
-    shard: dict[str, Any] = {
-        "ids": [r.id for r in results],
-        "position": torch.tensor([r.position for r in results], dtype=torch.long),
+    shard: dict[str, np.ndarray] = {
+        "ids": np.array([str(r.id) for r in results], dtype=str),
+        "position": np.array([r.position for r in results], dtype=np.int64),
     }
     if kind == "composition":
         width = len(results[0].vector) if results else 0  # type: ignore[arg-type]
         matrix = np.stack([r.vector for r in results]) if results else np.zeros((0, width), np.float32)
-        shard["x"] = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
+        shard["x"] = np.ascontiguousarray(matrix, dtype=np.float32)
         return shard
     graphs = [r.graph for r in results]
     n_nodes = np.array([len(g.z) for g in graphs], dtype=np.int64)  # type: ignore[union-attr]
     n_edges = np.array([g.edge_dist.shape[0] for g in graphs], dtype=np.int64)  # type: ignore[union-attr]
-    shard["node_ptr"] = torch.from_numpy(np.concatenate(([0], np.cumsum(n_nodes))))
-    shard["edge_ptr"] = torch.from_numpy(np.concatenate(([0], np.cumsum(n_edges))))
+    shard["node_ptr"] = np.concatenate(([0], np.cumsum(n_nodes))).astype(np.int64)
+    shard["edge_ptr"] = np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64)
 
-    def cat(name: str, empty_shape: tuple[int, ...], dtype: type, axis: int = 0) -> torch.Tensor:
+    def cat(name: str, empty_shape: tuple[int, ...], dtype: type, axis: int = 0) -> np.ndarray:
         parts = [getattr(g, name) for g in graphs]
         if not parts:
-            return torch.from_numpy(np.zeros(empty_shape, dtype=dtype))
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=axis)))
+            return np.zeros(empty_shape, dtype=dtype)
+        return np.ascontiguousarray(np.concatenate(parts, axis=axis))
 
     shard["z"] = cat("z", (0,), np.int64)
     shard["edge_index"] = cat("edge_index", (2, 0), np.int64, axis=1)
@@ -114,6 +113,7 @@ def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[
     import torch
     from torch_geometric.data import Data
 
+    shard = {k: torch.from_numpy(v) if v.dtype.kind in "biuf" else v for k, v in shard.items()}
     positions = shard["position"].tolist()
     ys = None
     if labels is not None:
@@ -261,15 +261,15 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- writing
     def shard_file(self, index: int) -> str:
-        return f"shard-{index:05d}.pt"
+        return f"shard-{index:05d}.npz"
 
     def add_shard(self, index: int, results: Sequence[ItemResult], failures: Sequence[ItemFailure]) -> None:
-        import torch
-
         shard = _collate(results, self.kind)
         file = self.path / self.shard_file(index)
-        with atomic_path(file) as tmp:
-            torch.save(shard, tmp)
+        with atomic_path(file) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **shard)
+            handle.flush()
+            os.fsync(handle.fileno())
         start = index * self.shard_size
         self.shards[index] = ShardInfo(
             index=index,
@@ -290,13 +290,13 @@ class FeatureStore:
         self.write_manifest()
 
     # ---------------------------------------------------------------- reading
-    def load_shard(self, index: int) -> dict[str, Any]:
-        import torch
-
+    def load_shard(self, index: int) -> dict[str, np.ndarray]:
+        """One shard's arrays (NumPy), read whole."""
         info = self.shards[index]
         try:
-            return torch.load(self.path / info.file, weights_only=True)  # type: ignore[no-any-return]
-        except (OSError, RuntimeError, EOFError) as error:
+            with np.load(self.path / info.file, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise MatcardError(
                 f"{self.path / info.file} is unreadable ({error}); rerun to rebuild"
             ) from error
@@ -315,7 +315,7 @@ class FeatureStore:
     def ids(self) -> list[str]:
         out: list[str] = []
         for index in sorted(self.shards):
-            out += self.load_shard(index)["ids"]
+            out += [str(i) for i in self.load_shard(index)["ids"]]
         return out
 
     def positions(self) -> np.ndarray:
@@ -333,7 +333,7 @@ class FeatureStore:
         """Composition stores: (X float32 [N, F], positions [N]) for scikit-learn style models."""
         if self.kind != "composition":
             raise MatcardError("matrix() is for composition features; graphs are read with load()")
-        xs = [self.load_shard(i)["x"].numpy() for i in sorted(self.shards)]
+        xs = [self.load_shard(i)["x"] for i in sorted(self.shards)]
         width = len(xs[0][0]) if xs and len(xs[0]) else 0
         return (np.concatenate(xs) if xs else np.zeros((0, width), np.float32)), self.positions()
 
@@ -406,7 +406,7 @@ def open_store(
             bad = store.verify(checksums=verify_checksums)
             return store, bad
     path.mkdir(parents=True, exist_ok=True)
-    for stale in [*path.glob("shard-*.pt"), *path.glob(".*.tmp")]:  # another key's shards: never mix
+    for stale in [*path.glob("shard-*.npz"), *path.glob(".*.tmp")]:  # another key's shards: never mix
         stale.unlink()
     store = FeatureStore(
         path=path,

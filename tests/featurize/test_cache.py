@@ -28,9 +28,9 @@ def test_second_run_is_served_from_the_cache(items, tmp_path: Path) -> None:
     assert not first.from_cache and first.built == 120 and len(first.store) == 120
     assert sorted(p.name for p in (tmp_path / "store").iterdir() if not p.name.startswith(".")) == [
         "manifest.json",
-        "shard-00000.pt",
-        "shard-00001.pt",
-        "shard-00002.pt",
+        "shard-00000.npz",
+        "shard-00001.npz",
+        "shard-00002.npz",
     ]
     second = featurize_items(items, "graph", out=tmp_path / "store", jobs=1, shard_size=50, progress=False)
     assert second.from_cache and second.built == 0
@@ -42,7 +42,7 @@ def test_second_run_is_served_from_the_cache(items, tmp_path: Path) -> None:
 def test_truncated_shard_is_rebuilt_not_trusted(items, tmp_path: Path) -> None:
     out = tmp_path / "store"
     reference = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False).load()
-    shard = out / "shard-00001.pt"
+    shard = out / "shard-00001.npz"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     again = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
     assert not again.from_cache and again.rebuilt_shards == [1] and again.built == 50
@@ -52,7 +52,7 @@ def test_truncated_shard_is_rebuilt_not_trusted(items, tmp_path: Path) -> None:
 def test_corrupted_bytes_of_the_same_size_are_detected(items, tmp_path: Path) -> None:
     out = tmp_path / "store"
     featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
-    shard = out / "shard-00002.pt"
+    shard = out / "shard-00002.npz"
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
@@ -67,7 +67,7 @@ def test_corrupt_manifest_and_interrupted_runs_resume(items, tmp_path: Path) -> 
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["shards"] = manifest["shards"][:2]
     (out / "manifest.json").write_text(json.dumps(manifest))
-    (out / "shard-00002.pt").unlink()
+    (out / "shard-00002.npz").unlink()
     resumed = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
     assert resumed.built == 20 and len(resumed.store) == 120 and resumed.store.complete
     # a manifest that is not JSON at all: everything is rebuilt
@@ -99,7 +99,7 @@ def test_failures_are_recorded_and_the_rest_is_stored(items, tmp_path: Path) -> 
     assert [f.id for f in reopened.failures] == ["broken", "missing"]
     assert 10 not in reopened.positions() and len(reopened.ids()) == 20
     # positions derived from the manifest agree with those stored inside the shards
-    stored = torch.cat([reopened.load_shard(i)["position"] for i in sorted(reopened.shards)])
+    stored = np.concatenate([reopened.load_shard(i)["position"] for i in sorted(reopened.shards)])
     assert reopened.positions().tolist() == stored.tolist()
 
 
@@ -166,6 +166,6 @@ def test_a_second_writer_waits_for_the_first_then_loads_its_work(items, tmp_path
     worker.join(timeout=60)
     assert events == ["released", "built"]
     # stale temp files of a killed writer are cleared when the store is opened
-    (out / ".shard-00000.pt.abc.tmp").write_bytes(b"partial")
+    (out / ".shard-00000.npz.abc.tmp").write_bytes(b"partial")
     assert featurize_items(items[:10], "graph", out=out, jobs=1, progress=False).from_cache
     assert not list(out.glob(".*.tmp"))
