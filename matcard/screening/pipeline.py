@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from matcard.errors import UsageError
+from matcard.errors import MatcardError, UsageError
 from matcard.fileio import atomic_path
 from matcard.screening.backends import make_backend
 from matcard.screening.shards import (
@@ -135,7 +135,19 @@ def screen(
     """
     single = isinstance(inputs, str | os.PathLike) or _is_record(inputs) or _is_structure_object(inputs)
     inputs_list = [inputs] if single else list(inputs)
-    _validate(inputs_list, out, batch_size, workers, min_prob, top_k, target_class, shard_atoms, disorder)
+    _validate(
+        inputs_list,
+        out,
+        batch_size,
+        workers,
+        min_prob,
+        top_k,
+        target_class,
+        shard_atoms,
+        disorder,
+        resume,
+        overwrite,
+    )
     model_ref, model = _load(model)
     class_names = list(model.class_names)
     if target_class is not None and target_class not in class_names:
@@ -213,9 +225,13 @@ def _validate(
     target_class: str | None,
     shard_atoms: int | None,
     disorder: str,
+    resume: bool,
+    overwrite: bool,
 ) -> None:
     if not inputs:
         raise UsageError("inputs: give at least one file, folder, glob, database or dataset name")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: choose one")
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out: {out} must end in .csv or .parquet")
     if batch_size < 1:
@@ -479,7 +495,15 @@ def _run(
                 nonlocal n_processed
                 for future in futures:
                     entry = pending.pop(future)
-                    output = backend.result(future)
+                    try:
+                        output = backend.result(future)
+                    except MatcardError:
+                        raise
+                    except Exception as exc:  # a crashed shard, not a bad structure (those are rows)
+                        raise MatcardError(
+                            f"shard {entry.task.index} failed on {backend.describe()}: "
+                            f"{type(exc).__name__}: {exc}; finished shards are saved - rerun with --resume"
+                        ) from exc
                     n_processed += _commit(store, entry, output, schema, writer)
                     bar.update(job, completed=n_processed)
 

@@ -165,7 +165,7 @@ class ShardStore:
         """Start fresh, or (resume) reload committed shards and drop every uncommitted file."""
         manifest = self._read_manifest()
         if manifest is not None and not resume:
-            if not overwrite:
+            if not overwrite and manifest.get("shards"):  # an empty state has nothing to lose
                 raise UsageError(
                     f"an unfinished screen with {len(manifest.get('shards', []))} finished shard(s) "
                     f"exists in {self.directory}; pass --resume to continue it or --overwrite to start again"

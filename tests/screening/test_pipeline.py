@@ -119,6 +119,7 @@ def test_in_memory_result_and_ranked_shortlist(
         ({"batch_size": 0}, "--batch-size"),
         ({"workers": 0}, "--workers"),
         ({"disorder": "drop"}, "--disorder"),
+        ({"resume": True, "overwrite": True}, "--resume"),
     ],
 )
 def test_bad_options_fail_fast(

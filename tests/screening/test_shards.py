@@ -129,6 +129,7 @@ def test_resume_drops_parts_the_manifest_never_recorded(tmp_path: Path) -> None:
 def test_unfinished_state_needs_resume_or_overwrite(tmp_path: Path) -> None:
     store = _store(tmp_path / "parts")
     store.open(resume=False, overwrite=False)
+    _store(tmp_path / "parts").open(resume=False, overwrite=False)  # nothing committed: nothing to lose
     store.commit(0, _results([0]), _errors([]))
     with pytest.raises(UsageError, match="--resume"):
         _store(tmp_path / "parts").open(resume=False, overwrite=False)
