@@ -17,6 +17,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -166,6 +167,11 @@ def element_feature_table() -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def element_table_digest() -> str:
-    """Short hash of the feature table: part of every cache key, so new element data never
-    reuses graphs built from old data."""
-    return hashlib.sha256(element_feature_table().tobytes()).hexdigest()[:16]
+    """Short hash of what the feature table is built from (pymatgen's version, whose element data
+    it reads, and this module's source): part of every cache key, so new element data never reuses
+    graphs built from old data. Cheap: a cache hit never has to build the table itself."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(version("pymatgen").encode())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
