@@ -456,10 +456,12 @@ def reproduce_synthetic(
         raise fail(error) from error
 
     table = Table(title=f"Synthetic reproduction: seeds {seeds}, majority {majority:g}, {epochs} epochs")
-    for column in ("loss", "protocol", "accuracy", "macro-F1", "ROC-AUC", "seeds"):
+    for column in ("loss", "protocol", "accuracy", "macro-F1", "ROC-AUC", "macro-F1 - CE (paired)", "seeds"):
         table.add_column(column, justify="left" if column in ("loss", "protocol") else "right")
     for row in result.summary:
         cells = [f"{row[m]:.3f} ± {row[m + '_std']:.3f}" for m in ("accuracy", "macro_f1", "roc_auc")]
+        paired = row.get("macro_f1_vs_ce")
+        cells.append("" if paired is None else f"{paired:+.3f} ± {row['macro_f1_vs_ce_std']:.3f}")
         table.add_row(row["loss"], row["protocol"], *cells, str(row["n_seeds"]))
     console.print(table)
     console.print(

@@ -459,6 +459,14 @@ def _summary_rows(per_seed: list[dict[str, Any]], config: SyntheticConfig) -> li
                 row[metric] = float(values.mean())
                 row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
             row["n_seeds"] = len(chosen)
+            # paired difference against cross-entropy on the same seeds (methods brief §6)
+            baseline = {
+                r["seed"]: r["macro_f1"] for r in per_seed if r["loss"] == "ce" and r["protocol"] == protocol
+            }
+            paired = np.array([r["macro_f1"] - baseline[r["seed"]] for r in chosen if r["seed"] in baseline])
+            if paired.size:
+                row["macro_f1_vs_ce"] = float(paired.mean())
+                row["macro_f1_vs_ce_std"] = float(paired.std(ddof=1)) if paired.size > 1 else 0.0
             rows.append(row)
     return rows
 
@@ -526,7 +534,7 @@ def plot_macro_f1(result: SyntheticResult, path: Path) -> None:
 
 
 def summary_for_json(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``--json`` rows: loss, protocol, accuracy, macro_f1, roc_auc (+ their std and n_seeds)."""
+    """The ``--json`` rows: loss, protocol, accuracy, macro_f1, roc_auc (+ std, n_seeds, paired vs CE)."""
     keys = (
         "loss",
         "protocol",
@@ -537,4 +545,5 @@ def summary_for_json(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "macro_f1_std",
         "roc_auc_std",
     )
-    return [{key: row[key] for key in (*keys, "n_seeds")} for row in summary]
+    optional = ("macro_f1_vs_ce", "macro_f1_vs_ce_std")
+    return [{key: row[key] for key in (*keys, "n_seeds", *optional) if key in row} for row in summary]

@@ -78,6 +78,19 @@ def test_run_writes_outputs_and_resumes(tmp_path: Path) -> None:
         assert row["n_seeds"] == 2
         for metric in ("accuracy", "macro_f1", "roc_auc"):
             assert 0.0 <= row[metric] <= 1.0 and row[f"{metric}_std"] >= 0.0
+    paired = {(r["loss"], r["protocol"]): r["macro_f1_vs_ce"] for r in result.summary}
+    assert paired[("ce", "best_over_epochs")] == 0.0
+    ce_f1 = {
+        r["seed"]: r["macro_f1"]
+        for r in result.per_seed
+        if r["loss"] == "ce" and r["protocol"] == "best_over_epochs"
+    }
+    magnitude_f1 = [
+        r["macro_f1"] - ce_f1[r["seed"]]
+        for r in result.per_seed
+        if r["loss"] == "magnitude" and r["protocol"] == "best_over_epochs"
+    ]
+    assert paired[("magnitude", "best_over_epochs")] == pytest.approx(np.mean(magnitude_f1))
     for path in result.files.values():
         assert path.is_file() and path.stat().st_size > 0
     assert result.files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
