@@ -660,20 +660,103 @@ class _Worker:
             self.conn.close()
 
 
-def _run_pool(
-    items: list[_Item], options: _Options, timeout: float | None, workers: int
-) -> Iterator[tuple[int, list[Outcome]]]:
-    """Parse items in worker processes; yields (index, outcomes) in completion order."""
-    ctx = _mp_context()
-    todo: deque[tuple[int, _Item]] = deque(enumerate(items))
-    n_workers = max(1, min(workers, len(items)))
-    pool = [_Worker(ctx, options) for _ in range(n_workers)]
+def _ordered(
+    entries: Iterable[tuple[str, Any]],
+    *,
+    options: _Options,
+    timeout: float | None,
+    workers: int | None,
+    progress: bool,
+    description: str,
+) -> Iterator[tuple[str, Any]]:
+    """Run work entries and yield results in input order.
+
+    ``entries``: ("item", _Item) to parse, ("outcome", Outcome) passed through, ("skipped",
+    ReadFailure). Yields ("outcomes", list[Outcome]) or ("skipped", ReadFailure), one per entry.
+    Entries are pulled lazily (a bounded window ahead of the output), so a huge table streams.
+    """
+    if workers is None:
+        workers = min(available_cpus(), 8)
+    with make_progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(description, total=None)
+        if workers <= 0:
+            for kind, payload in entries:
+                yield _run_inline(kind, payload, options, timeout)
+                bar.advance(task)
+            return
+        yield from _run_pool(iter(entries), options, timeout, workers, bar, task)
+
+
+def _run_inline(kind: str, payload: Any, options: _Options, timeout: float | None) -> tuple[str, Any]:
+    if kind == "skipped":
+        return ("skipped", payload)
+    if kind == "outcome":
+        return ("outcomes", [payload])
     try:
-        while todo or any(w.pending for w in pool):
+        with _alarm(timeout):
+            return ("outcomes", _parse_item(payload, options))
+    except _AlarmTimeout:
+        return ("outcomes", [ReadFailure(payload.source, f"timeout after {timeout:g}s")])
+
+
+def _run_pool(
+    entries: Iterator[tuple[str, Any]],
+    options: _Options,
+    timeout: float | None,
+    workers: int,
+    bar: Any,
+    task: Any,
+) -> Iterator[tuple[str, Any]]:
+    """The watchdog pool behind :func:`_ordered` (workers are forked on demand, up to ``workers``)."""
+    ctx: multiprocessing.context.BaseContext | None = None
+    pool: list[_Worker] = []
+    todo: deque[tuple[int, _Item]] = deque()
+    ready: dict[int, tuple[str, Any]] = {}
+    max_ahead = 64 * workers + 256  # bounds memory: entries pulled but not yet yielded
+    next_seq = seq = 0
+    exhausted = False
+
+    def replace(worker: _Worker, reason: str) -> None:
+        """Kill a worker, fail the item it was on, re-queue the rest of its batch."""
+        head_index, head_item = worker.pending.popleft()
+        ready[head_index] = ("outcomes", [ReadFailure(head_item.source, reason)])
+        todo.extendleft(reversed(worker.pending))
+        worker.pending.clear()
+        worker.kill()
+        pool.remove(worker)
+
+    try:
+        while True:
+            while not exhausted and seq - next_seq < max_ahead:
+                try:
+                    kind, payload = next(entries)
+                except StopIteration:
+                    exhausted = True
+                    bar.update(task, total=seq)
+                    break
+                if kind == "item":
+                    todo.append((seq, payload))
+                elif kind == "outcome":
+                    ready[seq] = ("outcomes", [payload])
+                else:
+                    ready[seq] = ("skipped", payload)
+                seq += 1
+            while next_seq in ready:
+                yield ready.pop(next_seq)
+                next_seq += 1
+                bar.advance(task)
+            if exhausted and next_seq == seq:
+                return
+            if not todo and not any(w.pending for w in pool):
+                continue  # everything pulled so far was emitted: pull more
+            if ctx is None:
+                ctx = _mp_context()
+            if todo and len(pool) < workers and all(w.pending for w in pool):
+                pool.append(_Worker(ctx, options))
             for worker in pool:
                 # Small batches keep every worker busy without starving the others at the end; a
                 # second batch is queued before the first runs dry so a worker never waits on us.
-                size = max(1, min(32, len(todo) // (4 * n_workers)))
+                size = max(1, min(32, len(todo) // (4 * workers)))
                 if todo and len(worker.pending) <= size // 2:
                     worker.send([todo.popleft() for _ in range(min(size, len(todo)))])
             busy = {w.conn: w for w in pool if w.pending}
@@ -684,31 +767,18 @@ def _run_pool(
                     index, outcomes = conn.recv()
                 except (EOFError, OSError):
                     # The worker died (segfault, OOM kill): blame the item it was on, retry the rest.
-                    code = worker.process.exitcode
                     worker.process.join(timeout=1)
-                    code = worker.process.exitcode if code is None else code
-                    head_index, head_item = worker.pending.popleft()
-                    yield head_index, [ReadFailure(head_item.source, f"parser crashed (exit code {code})")]
-                    todo.extendleft(reversed(worker.pending))
-                    worker.pending.clear()
-                    worker.kill()
-                    pool[pool.index(worker)] = _Worker(ctx, options)
+                    replace(worker, f"parser crashed (exit code {worker.process.exitcode})")
                     continue
                 expected_index, _ = worker.pending.popleft()
                 if expected_index != index:  # pragma: no cover - protocol invariant
                     raise RuntimeError(f"worker returned item {index}, expected {expected_index}")
                 worker.last_progress = time.monotonic()
-                yield index, outcomes
+                ready[index] = ("outcomes", outcomes)
             if timeout is not None:
                 now = time.monotonic()
-                for position, worker in enumerate(pool):
-                    if worker.pending and now - worker.last_progress > timeout:
-                        head_index, head_item = worker.pending.popleft()
-                        worker.kill()
-                        todo.extendleft(reversed(worker.pending))
-                        worker.pending.clear()
-                        pool[position] = _Worker(ctx, options)
-                        yield head_index, [ReadFailure(head_item.source, f"timeout after {timeout:g}s")]
+                for worker in [w for w in pool if w.pending and now - w.last_progress > timeout]:
+                    replace(worker, f"timeout after {timeout:g}s")
     finally:
         for worker in pool:
             if worker.pending:
@@ -740,20 +810,8 @@ def _alarm(timeout: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_inline(
-    items: list[_Item], options: _Options, timeout: float | None
-) -> Iterator[tuple[int, list[Outcome]]]:
-    for index, item in enumerate(items):
-        try:
-            with _alarm(timeout):
-                outcomes = _parse_item(item, options)
-        except _AlarmTimeout:
-            outcomes = [ReadFailure(item.source, f"timeout after {timeout:g}s")]
-        yield index, outcomes
-
-
 def parse_items(
-    items: list[_Item],
+    items: Sequence[_Item],
     *,
     options: _Options,
     timeout: float | None,
@@ -762,23 +820,16 @@ def parse_items(
     description: str = "Reading structures",
 ) -> Iterator[tuple[int, list[Outcome]]]:
     """Parse work items (pool or inline), yielding (index, outcomes) in input order."""
-    if not items:
-        return
-    if workers is None:
-        workers = min(available_cpus(), 8)
-    runner = (
-        _run_inline(items, options, timeout) if workers <= 0 else _run_pool(items, options, timeout, workers)
+    results = _ordered(
+        (("item", item) for item in items),
+        options=options,
+        timeout=timeout,
+        workers=workers,
+        progress=progress,
+        description=description,
     )
-    buffered: dict[int, list[Outcome]] = {}
-    next_index = 0
-    with make_progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(description, total=len(items))
-        for index, outcomes in runner:
-            buffered[index] = outcomes
-            bar.advance(task)
-            while next_index in buffered:
-                yield next_index, buffered.pop(next_index)
-                next_index += 1
+    for index, (_, outcomes) in enumerate(results):
+        yield index, outcomes
 
 
 # --------------------------------------------------------------------------------------------
@@ -831,48 +882,87 @@ def _read_table(path: Path) -> Any:
     return pd.read_csv(path)
 
 
-def _table_items(
+TABLE_CHUNK_ROWS = 4096
+
+
+def _table_chunks(path: Path) -> Iterator[Any]:
+    """A CSV / Parquet table as pandas chunks, so that huge tables stream."""
+    import pandas as pd
+
+    if _base_suffix(path) in {".parquet", ".pq"}:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=TABLE_CHUNK_ROWS):
+            yield batch.to_pandas()
+        return
+    yield from pd.read_csv(path, chunksize=TABLE_CHUNK_ROWS)
+
+
+Entry = tuple[str, Any]  # ("item", _Item) | ("outcome", Outcome) | ("skipped", ReadFailure)
+
+
+def _table_entries(
     path: Path,
+    *,
     cif_column: str | None,
     id_column: str | None,
     label_column: str | None,
-) -> tuple[list[_Item], list[ReadFailure]]:
-    table = _read_table(path)
-    columns = [str(c) for c in table.columns]
-    cif_col = _find_column(columns, CIF_COLUMN_CANDIDATES, cif_column, "CIF")
-    if cif_col is None:  # look for a column whose values are CIF text
-        for column in columns:
-            first = table[column].dropna().head(1)
-            if len(first) and isinstance(first.iloc[0], str) and "_cell_length_a" in first.iloc[0]:
-                cif_col = column
-                break
-    if cif_col is None:
-        return [], [ReadFailure(str(path), f"no CIF column in table (columns: {', '.join(columns[:12])})")]
-    id_col = _find_column(columns, ID_COLUMN_CANDIDATES, id_column, "id")
-    label_col = _find_column(columns, (), label_column, "label") if label_column else None
-    other = [c for c in columns if c not in {cif_col, id_col} and not c.startswith("Unnamed:")]
-    items: list[_Item] = []
-    failures: list[ReadFailure] = []
-    records = table.to_dict("records")
-    for row_number, row in enumerate(records):
-        row_id = str(row[id_col]) if id_col is not None else f"{_record_id(path)}:{row_number}"
-        source = f"{path}#row={row_number}"
-        text = row[cif_col]
-        if not isinstance(text, str) or not text.strip():
-            failures.append(ReadFailure(source, "empty CIF cell"))
-            continue
-        props = tuple((c, _plain(row[c])) for c in other if c != label_col)
-        items.append(
-            _Item(
-                kind="cif_text",
-                source=source,
-                text=text,
-                id=row_id,
-                label=_plain(row[label_col]) if label_col else None,
-                properties=props,
-            )
-        )
-    return items, failures
+    in_directory: bool,
+) -> Iterator[Entry]:
+    row_number = 0
+    columns: list[str] = []
+    cif_col = id_col = label_col = None
+    other: list[str] = []
+    try:
+        chunks = _table_chunks(path)
+        for chunk in chunks:
+            if row_number == 0:
+                columns = [str(c) for c in chunk.columns]
+                cif_col = _find_column(columns, CIF_COLUMN_CANDIDATES, cif_column, "CIF")
+                if cif_col is None:  # look for a column whose values are CIF text
+                    for column in columns:
+                        first = chunk[column].dropna().head(1)
+                        if (
+                            len(first)
+                            and isinstance(first.iloc[0], str)
+                            and "_cell_length_a" in first.iloc[0]
+                        ):
+                            cif_col = column
+                            break
+                if cif_col is None:
+                    reason = f"no CIF column in table (columns: {', '.join(columns[:12])})"
+                    yield ("skipped" if in_directory else "outcome", ReadFailure(str(path), reason))
+                    return
+                id_col = _find_column(columns, ID_COLUMN_CANDIDATES, id_column, "id")
+                label_col = _find_column(columns, (), label_column, "label") if label_column else None
+                other = [
+                    c
+                    for c in columns
+                    if c not in {cif_col, id_col, label_col} and not c.startswith("Unnamed:")
+                ]
+            chunk.columns = columns
+            for row in chunk.to_dict("records"):
+                row_id = str(row[id_col]) if id_col is not None else f"{_record_id(path)}:{row_number}"
+                source = f"{path}#row={row_number}"
+                row_number += 1
+                text = row[cif_col]
+                if not isinstance(text, str) or not text.strip():
+                    yield ("outcome", ReadFailure(source, "empty CIF cell"))
+                    continue
+                item = _Item(
+                    kind="cif_text",
+                    source=source,
+                    text=text,
+                    id=row_id,
+                    label=_plain(row[label_col]) if label_col else None,
+                    properties=tuple((c, _plain(row[c])) for c in other),
+                )
+                yield ("item", item)
+    except UsageError:
+        raise
+    except Exception as err:
+        where = f"{path}#row={row_number}" if row_number else str(path)
+        yield ("outcome", ReadFailure(where, f"unreadable table: {type(err).__name__}: {err}"))
 
 
 def _plain(value: Any) -> Any:
@@ -883,14 +973,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass
-class _Plan:
-    """What the parent found: items for workers, direct outcomes, skipped files, label maps."""
-
-    entries: list[tuple[str, Any]] = field(default_factory=list)  # ("item", _Item) | ("outcome", Outcome)
-    skipped: list[ReadFailure] = field(default_factory=list)
-
-
 def _file_item(path: Path, label: object | None) -> _Item | None:
     fmt = detect_format(path)
     if fmt in {"cif", "poscar", "xyz", "json", "db"}:
@@ -898,50 +980,36 @@ def _file_item(path: Path, label: object | None) -> _Item | None:
     return None
 
 
-def _plan_file(
+def _file_entries(
     path: Path,
-    plan: _Plan,
     label: object | None,
     table_options: dict[str, str | None],
     in_directory: bool,
-) -> None:
+) -> Iterator[Entry]:
     fmt = detect_format(path)
     if fmt == "table":
         if path.name in LABEL_FILE_NAMES:
-            plan.skipped.append(ReadFailure(str(path), "label file (id_prop.csv)"))
+            yield ("skipped", ReadFailure(str(path), "label file (id_prop.csv)"))
             return
-        try:
-            items, failures = _table_items(path, **table_options)  # type: ignore[arg-type]
-        except UsageError:
-            raise
-        except Exception as err:
-            plan.entries.append(("outcome", ReadFailure(str(path), f"unreadable table: {err}")))
-            return
-        if in_directory and not items and failures and failures[0].reason.startswith("no CIF column"):
-            plan.skipped.append(ReadFailure(str(path), failures[0].reason))
-            return
-        plan.entries.extend(("item", item) for item in items)
-        plan.entries.extend(("outcome", failure) for failure in failures)
+        yield from _table_entries(path, in_directory=in_directory, **table_options)  # type: ignore[arg-type]
         return
     item = _file_item(path, label)
     if item is not None:
-        plan.entries.append(("item", item))
+        yield ("item", item)
     elif in_directory:
         reason = (
             "auxiliary file of a known layout"
             if path.name in AUXILIARY_FILE_NAMES
-            else (f"not a structure file ({path.suffix or path.name})")
+            else f"not a structure file ({path.suffix or path.name})"
         )
-        plan.skipped.append(ReadFailure(str(path), reason))
+        yield ("skipped", ReadFailure(str(path), reason))
     else:
-        plan.entries.append(
-            ("outcome", ReadFailure(str(path), f"unsupported file type ({path.suffix or path.name})"))
-        )
+        yield ("outcome", ReadFailure(str(path), f"unsupported file type ({path.suffix or path.name})"))
 
 
-def _plan_directory(
-    directory: Path, plan: _Plan, table_options: dict[str, str | None], recursive: bool
-) -> None:
+def _directory_entries(
+    directory: Path, table_options: dict[str, str | None], recursive: bool
+) -> Iterator[Entry]:
     files = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
     labels: dict[str, object] = {}
     label_file = directory / "id_prop.csv"
@@ -949,55 +1017,52 @@ def _plan_directory(
         try:
             labels = read_label_file(label_file)
         except Exception as err:
-            plan.entries.append(("outcome", ReadFailure(str(label_file), f"unreadable label file: {err}")))
+            yield ("outcome", ReadFailure(str(label_file), f"unreadable label file: {err}"))
     matched: set[str] = set()
     for path in files:
         if path.is_dir():
             if recursive:
-                _plan_directory(path, plan, table_options, recursive)
+                yield from _directory_entries(path, table_options, recursive)
             continue
         key = path.name if path.name in labels else _record_id(path) if _record_id(path) in labels else None
         if key is not None:
             matched.add(key)
-        _plan_file(path, plan, labels.get(key) if key else None, table_options, in_directory=True)
+        yield from _file_entries(path, labels.get(key) if key else None, table_options, in_directory=True)
     for missing in (k for k in labels if k not in matched):
-        plan.entries.append(
-            (
-                "outcome",
-                ReadFailure(str(directory / missing), "listed in id_prop.csv but no such structure file"),
-            )
+        yield (
+            "outcome",
+            ReadFailure(str(directory / missing), "listed in id_prop.csv but no such structure file"),
         )
 
 
-def _plan_sources(sources: Sequence[Any], table_options: dict[str, str | None], recursive: bool) -> _Plan:
-    plan = _Plan()
+def _source_entries(
+    sources: Sequence[Any], table_options: dict[str, str | None], recursive: bool
+) -> Iterator[Entry]:
+    """Expand sources lazily, in order, into work entries."""
     for index, source in enumerate(sources):
         if _is_structure_object(source):
-            plan.entries.append(("outcome", _record_from_object(source, index)))
+            yield ("outcome", _record_from_object(source, index))
             continue
         if isinstance(source, list | tuple):
-            sub = _plan_sources(source, table_options, recursive)
-            plan.entries.extend(sub.entries)
-            plan.skipped.extend(sub.skipped)
+            yield from _source_entries(source, table_options, recursive)
             continue
         path = Path(os.fspath(source)).expanduser()
         if path.is_dir():
-            _plan_directory(path, plan, table_options, recursive)
+            yield from _directory_entries(path, table_options, recursive)
         elif path.is_file():
-            _plan_file(path, plan, None, table_options, in_directory=False)
+            yield from _file_entries(path, None, table_options, in_directory=False)
         elif _is_glob(str(source)):
             matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
-                plan.entries.append(("outcome", ReadFailure(str(source), "glob matched no files")))
+                yield ("outcome", ReadFailure(str(source), "glob matched no files"))
             for match in matches:
                 match_path = Path(match)
                 if match_path.is_dir():
-                    _plan_directory(match_path, plan, table_options, recursive)
+                    yield from _directory_entries(match_path, table_options, recursive)
                 else:
-                    _plan_file(match_path, plan, None, table_options, in_directory=True)
+                    yield from _file_entries(match_path, None, table_options, in_directory=True)
         else:
-            plan.entries.append(("outcome", ReadFailure(str(source), "no such file or directory")))
-    return plan
+            yield ("outcome", ReadFailure(str(source), "no such file or directory"))
 
 
 def _is_structure_object(obj: Any) -> bool:
@@ -1052,18 +1117,20 @@ def iter_structures(
         raise UsageError(f"timeout must be positive, got {timeout}")
     options = _Options(disorder=disorder, occupancy_tolerance=occupancy_tolerance)
     table_options = {"cif_column": cif_column, "id_column": id_column, "label_column": label_column}
-    plan = _plan_sources(sources, table_options, recursive)
-    if include_skipped:
-        yield from (_Skipped(s.source, s.reason) for s in plan.skipped)  # type: ignore[misc]
-    items = [entry for kind, entry in plan.entries if kind == "item"]
-    parsed = parse_items(items, options=options, timeout=timeout, workers=workers, progress=progress)
-    # Interleave direct outcomes with parsed items so the output follows the input order.
-    for kind, entry in plan.entries:
-        if kind == "outcome":
-            yield entry
+    entries = _source_entries(sources, table_options, recursive)
+    for kind, payload in _ordered(
+        entries,
+        options=options,
+        timeout=timeout,
+        workers=workers,
+        progress=progress,
+        description="Reading structures",
+    ):
+        if kind == "skipped":
+            if include_skipped:
+                yield _Skipped(payload.source, payload.reason)  # type: ignore[misc]
         else:
-            _, outcomes = next(parsed)
-            yield from outcomes
+            yield from payload
 
 
 def read_structures(

@@ -322,3 +322,30 @@ def test_inline_mode_time_limit(shared_data: Path, monkeypatch: pytest.MonkeyPat
     result = read_structures(shared_data / "messy_cifs" / "garnet.cif", timeout=1, workers=0)
     assert time.monotonic() - started < 10
     assert result.failures[0].reason == "timeout after 1s"
+
+
+# ------------------------------------------------------------------ streaming
+def test_tables_stream_in_chunks(
+    mp20_rows: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(structures_module, "TABLE_CHUNK_ROWS", 7)  # 25 rows -> 4 chunks
+    mp20_rows.to_csv(tmp_path / "rows.csv", index=False)
+    mp20_rows.to_parquet(tmp_path / "rows.parquet")
+    for name in ("rows.csv", "rows.parquet"):
+        records = read_structures(tmp_path / name, workers=1).records
+        assert [r.id for r in records] == list(mp20_rows["material_id"])
+        assert [r.source.rsplit("=", 1)[1] for r in records] == [str(i) for i in range(25)]
+
+
+def test_stopping_early_releases_the_workers(shared_data: Path) -> None:
+    import multiprocessing
+
+    stream = iter_structures(shared_data / "alignn_sample_poscar", workers=2)
+    first = [next(stream) for _ in range(3)]
+    assert all(isinstance(r, StructureRecord) for r in first)
+    assert multiprocessing.active_children()
+    stream.close()
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
