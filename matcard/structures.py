@@ -668,6 +668,7 @@ def _ordered(
     workers: int | None,
     progress: bool,
     description: str,
+    total: int | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """Run work entries and yield results in input order.
 
@@ -678,7 +679,7 @@ def _ordered(
     if workers is None:
         workers = min(available_cpus(), 8)
     with make_progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(description, total=total)
         if workers <= 0:
             for kind, payload in entries:
                 yield _run_inline(kind, payload, options, timeout)
@@ -827,6 +828,7 @@ def parse_items(
         workers=workers,
         progress=progress,
         description=description,
+        total=len(items),
     )
     for index, (_, outcomes) in enumerate(results):
         yield index, outcomes
