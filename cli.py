@@ -128,22 +128,24 @@ def download_command(
         else:
             raise UsageError("give a dataset name (see `matcard datasets`) or --all")
         table = Table(title="downloaded")
+        root = None
         for column in ("dataset", "file", "size", "sha256"):
             table.add_column(column)
         for spec in specs:
             if spec.embedded or spec.live:
-                kind = "embedded in pymatgen" if spec.embedded else "queried live (load it with --task)"
+                kind = "embedded in pymatgen" if spec.embedded else "queried live: inspect it with --query"
                 console.print(f"{spec.name}: nothing to download ({kind})")
                 continue
             paths = download_dataset(spec, root=dest, mirror=mirror, force=force)
             for remote, path in zip(spec.files, paths, strict=True):
                 size = _human_bytes(Path(path).stat().st_size)
-                table.add_row(spec.name, str(path), size, remote.sha256[:16] + "…")
+                table.add_row(spec.name, remote.relative_path, size, remote.sha256[:16] + "…")
+                root = Path(path).parent.parent
     except MatcardError as err:
         raise fail(err) from err
     if table.row_count:
         console.print(table)
-        console.print("[green]all checksums verified[/]")
+        console.print(f"[green]all checksums verified[/]; cache: {root}")
 
 
 @app.command("inspect")
