@@ -249,6 +249,7 @@ def featurize_items(
                         chunk_size=chunk_size,
                         start=start,
                         on_chunk=lambda chunk: bar.advance(task, chunk.stop - chunk.start),
+                        collate=True,
                     )
                     fill_store(store, chunks)
         elapsed = time.perf_counter() - began

@@ -39,7 +39,7 @@ import numpy as np
 from matcard._version import __version__
 from matcard.errors import MatcardError
 from matcard.featurize.elements import element_table_digest
-from matcard.featurize.parallel import ChunkResult, ItemFailure, ItemResult
+from matcard.featurize.parallel import ChunkResult, ItemFailure, collate_results, merge_collated
 from matcard.fileio import atomic_path, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
@@ -74,38 +74,6 @@ def features_root() -> Path:
         from platformdirs import user_cache_dir
 
         return Path(user_cache_dir("matcard")) / "features"
-
-
-def _collate(results: Sequence[ItemResult], kind: str) -> dict[str, Any]:
-    """Concatenate a shard's items into flat tensors plus pointers."""
-    shard: dict[str, np.ndarray] = {
-        "ids": np.array([str(r.id) for r in results], dtype=str),
-        "position": np.array([r.position for r in results], dtype=np.int64),
-    }
-    if kind == "composition":
-        width = len(results[0].vector) if results else 0  # type: ignore[arg-type]
-        matrix = np.stack([r.vector for r in results]) if results else np.zeros((0, width), np.float32)
-        shard["x"] = np.ascontiguousarray(matrix, dtype=np.float32)
-        return shard
-    graphs = [r.graph for r in results]
-    n_nodes = np.array([len(g.z) for g in graphs], dtype=np.int64)  # type: ignore[union-attr]
-    n_edges = np.array([g.edge_dist.shape[0] for g in graphs], dtype=np.int64)  # type: ignore[union-attr]
-    shard["node_ptr"] = np.concatenate(([0], np.cumsum(n_nodes))).astype(np.int64)
-    shard["edge_ptr"] = np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64)
-
-    def cat(name: str, empty_shape: tuple[int, ...], dtype: type, axis: int = 0) -> np.ndarray:
-        parts = [getattr(g, name) for g in graphs]
-        if not parts:
-            return np.zeros(empty_shape, dtype=dtype)
-        return np.ascontiguousarray(np.concatenate(parts, axis=axis))
-
-    shard["z"] = cat("z", (0,), np.int64)
-    shard["edge_index"] = cat("edge_index", (2, 0), np.int64, axis=1)
-    shard["edge_dist"] = cat("edge_dist", (0,), np.float32)
-    shard["edge_offset"] = cat("edge_offset", (0, 3), np.int64)
-    if graphs and graphs[0].x is not None:  # type: ignore[union-attr]
-        shard["x"] = cat("x", (0, 0), np.float32)
-    return shard
 
 
 def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[Data]:
@@ -263,8 +231,15 @@ class FeatureStore:
     def shard_file(self, index: int) -> str:
         return f"shard-{index:05d}.npz"
 
-    def add_shard(self, index: int, results: Sequence[ItemResult], failures: Sequence[ItemFailure]) -> None:
-        shard = _collate(results, self.kind)
+    def add_shard(
+        self,
+        index: int,
+        shard: dict[str, np.ndarray],
+        failures: Sequence[ItemFailure],
+        flags: dict[str, list[str]],
+    ) -> None:
+        """Write one shard (collated arrays, see :func:`collate_results`) and record it."""
+        count = len(shard["position"])
         file = self.path / self.shard_file(index)
         with atomic_path(file) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **shard)
@@ -276,17 +251,15 @@ class FeatureStore:
             file=file.name,
             start=start,
             stop=min(start + self.shard_size, self.n_inputs),
-            count=len(results),
-            n_nodes=int(shard["node_ptr"][-1]) if "node_ptr" in shard else len(results),
+            count=count,
+            n_nodes=int(shard["node_ptr"][-1]) if "node_ptr" in shard else count,
             n_edges=int(shard["edge_ptr"][-1]) if "edge_ptr" in shard else 0,
             sha256=sha256_file(file),
             bytes=file.stat().st_size,
         )
         self.failures = [f for f in self.failures if not (start <= f.position < start + self.shard_size)]
         self.failures += list(failures)
-        for r in results:
-            if r.flags:
-                self.flags[r.id] = list(r.flags)
+        self.flags.update(flags)
         self.write_manifest()
 
     # ---------------------------------------------------------------- reading
@@ -423,25 +396,27 @@ def open_store(
 
 def fill_store(store: FeatureStore, chunks: Iterator[ChunkResult]) -> None:
     """Consume ordered chunk results of one contiguous run of shards, writing each shard as soon
-    as its range is complete."""
-    buffer: list[ItemResult] = []
-    buffer_failures: list[ItemFailure] = []
+    as its range is complete (chunks never straddle a shard boundary)."""
+    parts: list[dict[str, np.ndarray]] = []
+    failures: list[ItemFailure] = []
+    flags: dict[str, list[str]] = {}
     current: int | None = None
     began = time.perf_counter()
     for chunk in chunks:
-        items: list[ItemResult | ItemFailure] = [*chunk.results, *chunk.failures]
-        for item in sorted(items, key=lambda it: it.position):
-            shard = item.position // store.shard_size
-            if current is None:
-                current = shard
-            if shard != current:
-                store.add_shard(current, buffer, buffer_failures)
-                buffer, buffer_failures, current = [], [], shard
-            if isinstance(item, ItemResult):
-                buffer.append(item)
-            else:
-                buffer_failures.append(item)
+        shard = chunk.start // store.shard_size
+        if (chunk.stop - 1) // store.shard_size != shard:
+            raise MatcardError("internal error: a featurization chunk straddles two shards")
+        if current is not None and shard != current:
+            store.add_shard(current, merge_collated(parts, store.kind), failures, flags)
+            parts, failures, flags = [], [], {}
+        current = shard
+        if chunk.arrays is None:
+            chunk.arrays = collate_results(chunk.results, store.kind)
+            chunk.flags = {r.id: list(r.flags) for r in chunk.results if r.flags}
+        parts.append(chunk.arrays)
+        failures += chunk.failures
+        flags.update(chunk.flags)
     if current is not None:
-        store.add_shard(current, buffer, buffer_failures)
+        store.add_shard(current, merge_collated(parts, store.kind), failures, flags)
     store.seconds += time.perf_counter() - began
     store.write_manifest()

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -53,8 +53,71 @@ class ItemFailure:
 class ChunkResult:
     start: int  # input position of the chunk's first item
     stop: int
-    results: list[ItemResult]
+    results: list[ItemResult]  # empty when the worker already collated them into ``arrays``
     failures: list[ItemFailure]
+    arrays: dict[str, np.ndarray] | None = None  # collate_results(results), built in the worker
+    flags: dict[str, list[str]] = field(default_factory=dict)  # id -> flags, with ``arrays``
+
+
+def collate_results(results: Sequence[ItemResult], kind: str) -> dict[str, np.ndarray]:
+    """Concatenate items into flat arrays plus pointers (the layout of a store shard).
+
+    ``ids``, ``position``; graphs: ``z``, ``edge_index`` (per-graph local indices), ``edge_dist``,
+    ``edge_offset``, ``x`` (if built), ``node_ptr`` / ``edge_ptr`` [n + 1]; compositions: ``x`` [n, F].
+    """
+    arrays: dict[str, np.ndarray] = {
+        "ids": np.array([str(r.id) for r in results], dtype=str),
+        "position": np.array([r.position for r in results], dtype=np.int64),
+    }
+    if kind == "composition":
+        width = len(results[0].vector) if results else 0  # type: ignore[arg-type]
+        matrix = np.stack([r.vector for r in results]) if results else np.zeros((0, width), np.float32)
+        arrays["x"] = np.ascontiguousarray(matrix, dtype=np.float32)
+        return arrays
+    graphs = [r.graph for r in results if r.graph is not None]
+    n_nodes = np.array([len(g.z) for g in graphs], dtype=np.int64)
+    n_edges = np.array([g.edge_dist.shape[0] for g in graphs], dtype=np.int64)
+    arrays["node_ptr"] = np.concatenate(([0], np.cumsum(n_nodes))).astype(np.int64)
+    arrays["edge_ptr"] = np.concatenate(([0], np.cumsum(n_edges))).astype(np.int64)
+
+    def cat(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type, axis: int = 0) -> np.ndarray:
+        if not parts:
+            return np.zeros(empty_shape, dtype=dtype)
+        return np.ascontiguousarray(np.concatenate(parts, axis=axis))
+
+    arrays["z"] = cat([g.z for g in graphs], (0,), np.int64)
+    arrays["edge_index"] = cat([g.edge_index for g in graphs], (2, 0), np.int64, axis=1)
+    arrays["edge_dist"] = cat([g.edge_dist for g in graphs], (0,), np.float32)
+    arrays["edge_offset"] = cat([g.edge_offset for g in graphs], (0, 3), np.int64)
+    if graphs and graphs[0].x is not None:
+        arrays["x"] = cat([g.x for g in graphs if g.x is not None], (0, 0), np.float32)
+    return arrays
+
+
+def merge_collated(parts: Sequence[dict[str, np.ndarray]], kind: str) -> dict[str, np.ndarray]:
+    """Join consecutive collated chunks into one (pointers shifted; empty chunks skipped)."""
+    filled = [p for p in parts if len(p["position"])]
+    if not filled:
+        return parts[0] if parts else collate_results([], kind)
+    if len(filled) == 1:
+        return filled[0]
+    merged = {
+        "ids": np.concatenate([p["ids"] for p in filled]),
+        "position": np.concatenate([p["position"] for p in filled]),
+    }
+    if kind == "composition":
+        merged["x"] = np.concatenate([p["x"] for p in filled])
+        return merged
+    for name, axis in (("z", 0), ("edge_index", 1), ("edge_dist", 0), ("edge_offset", 0), ("x", 0)):
+        if name in filled[0]:
+            merged[name] = np.ascontiguousarray(np.concatenate([p[name] for p in filled], axis=axis))
+    for ptr in ("node_ptr", "edge_ptr"):
+        shifted, offset = [np.zeros(1, dtype=np.int64)], 0
+        for p in filled:
+            shifted.append(p[ptr][1:] + offset)
+            offset += int(p[ptr][-1])
+        merged[ptr] = np.concatenate(shifted)
+    return merged
 
 
 def default_jobs() -> int:
@@ -99,7 +162,9 @@ def featurize_one(featurizer: Featurizer, position: int, item_id: str, payload: 
     return ItemResult(position, item_id, vector=vector)
 
 
-def _run_chunk(featurizer: Featurizer, start: int, items: list[tuple[str, Any]]) -> ChunkResult:
+def _run_chunk(
+    featurizer: Featurizer, start: int, items: list[tuple[str, Any]], collate: bool = False
+) -> ChunkResult:
     results: list[ItemResult] = []
     failures: list[ItemFailure] = []
     for offset, (item_id, payload) in enumerate(items):
@@ -111,6 +176,10 @@ def _run_chunk(featurizer: Featurizer, start: int, items: list[tuple[str, Any]])
         except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, MemoryError) as error:
             # pymatgen / matminer raise plain exceptions on odd inputs: a per-item failure too
             failures.append(ItemFailure(position, item_id, f"{type(error).__name__}: {error}"))
+    if collate:  # one set of arrays crosses the process boundary instead of one object per item
+        flags = {r.id: list(r.flags) for r in results if r.flags}
+        arrays = collate_results(results, featurizer.kind)
+        return ChunkResult(start, start + len(items), [], failures, arrays, flags)
     return ChunkResult(start, start + len(items), results, failures)
 
 
@@ -157,8 +226,11 @@ def run_featurization(
     chunk_size: int = 256,
     start: int = 0,
     on_chunk: Callable[[ChunkResult], None] | None = None,
+    collate: bool = False,
 ) -> Iterator[ChunkResult]:
-    """Yield one ChunkResult per chunk, in input order; ``jobs=1`` runs in this process."""
+    """Yield one ChunkResult per chunk, in input order; ``jobs=1`` runs in this process.
+
+    ``collate=True``: workers return each chunk as collated arrays (``ChunkResult.arrays``)."""
     n_jobs = resolve_jobs(jobs)
     chunks = _chunks(featurizer, items, chunk_size, start)
     if n_jobs == 1:
@@ -174,7 +246,7 @@ def run_featurization(
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_mp_context()) as pool:
         try:
             for chunk_start, chunk, early in chunks:
-                pending.append((pool.submit(_run_chunk, featurizer, chunk_start, chunk), early))
+                pending.append((pool.submit(_run_chunk, featurizer, chunk_start, chunk, collate), early))
                 while len(pending) >= window:
                     future, early_failures = pending.popleft()
                     result = _merge_early(future.result(), early_failures)
