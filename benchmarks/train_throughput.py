@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     from matcard.training import _quiet_lightning, resolve_accelerator
 
     _quiet_lightning()
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # training steps only
     graphs, class_names = load_graphs(args.n_graphs, args.seed)
     results = []
     for name in [n.strip() for n in args.losses.split(",") if n.strip()]:

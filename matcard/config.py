@@ -27,7 +27,9 @@ class DataConfig(_Section):
     dataset: str = Field(
         "aflow-prototypes", description="registered dataset name or a path to structure files"
     )
-    task: str | None = Field("crystal_system", description="label recipe; None: the dataset's default task")
+    task: str | None = Field(
+        None, description="label recipe or task spec; None: the dataset's default task (crystal_system here)"
+    )
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     split: Literal["stratified", "given"] = Field(

@@ -746,7 +746,7 @@ def _fit_and_finish(
         training_stats=data.training_stats,
         provenance={
             "dataset": data.dataset_name,
-            "task": config.data.task,
+            "task": getattr(data.task, "name", config.data.task),
             "loss": config.loss.model_dump(mode="json"),
             "sampler": config.sampler.model_dump(mode="json"),
             "seed": trainer_cfg.seed,
@@ -1020,6 +1020,11 @@ def _make_or_load_split(
             y[subset], fractions=fractions, seed=config.trainer.seed, groups=groups
         )
         parts, meta = {name: subset[split.parts[name]] for name in SPLIT_NAMES}, split.meta
+    for name in ("train", "val"):
+        if len(parts[name]) == 0:
+            raise MatcardError(
+                f"the {name} split is empty: {len(subset)} items are too few for these split fractions"
+            )
     if write and path is not None:
         saved = splits.Split(
             parts["train"],
@@ -1029,14 +1034,11 @@ def _make_or_load_split(
                 **meta,
                 "dataset": str(dataset.name),
                 "content_hash": str(dataset.content_hash),
-                "task": config.data.task,
+                "task": getattr(dataset.task(config.data.task), "name", config.data.task),
                 "limit": data_cfg.limit,
             },
         )
         saved.save(path, ids=ids)
-    for name in ("train", "val"):
-        if len(parts[name]) == 0:
-            raise MatcardError(f"the {name} split is empty: the dataset is too small for these fractions")
     return parts
 
 
