@@ -251,22 +251,37 @@ def _callback_classes() -> tuple[type, type]:
             self.rows = list(state_dict.get("rows", []))
 
     class ProgressCallback(Callback):
-        """One Rich progress bar over epochs (matcard.console), with the validation macro-F1."""
+        """Rich progress (matcard.console): epochs with the validation macro-F1, and batches of the epoch."""
 
         def __init__(self, enabled: bool) -> None:
             self.enabled = enabled
-            self.progress = None
-            self.task = None
+            self.progress: Any = None
+            self.epochs_task: Any = None
+            self.batches_task: Any = None
             self.best = -math.inf
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             if not (self.enabled and trainer.is_global_zero):
                 return
-            self.progress = make_progress()
+            self.progress = make_progress(transient=False)
             self.progress.start()
-            self.task = self.progress.add_task(
+            self.epochs_task = self.progress.add_task(
                 "training", total=trainer.max_epochs, completed=trainer.current_epoch
             )
+            self.batches_task = self.progress.add_task("batches", total=None)
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            if self.progress is not None:
+                total = trainer.num_training_batches
+                self.progress.reset(
+                    self.batches_task,
+                    total=total if isinstance(total, int) else None,
+                    description=f"epoch {trainer.current_epoch + 1} batches",
+                )
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            if self.progress is not None:
+                self.progress.advance(self.batches_task)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if self.progress is None or trainer.sanity_checking:
@@ -275,7 +290,7 @@ def _callback_classes() -> tuple[type, type]:
             if f1 == f1:
                 self.best = max(self.best, f1)
             self.progress.update(
-                self.task,
+                self.epochs_task,
                 completed=trainer.current_epoch + 1,
                 description=f"epoch {trainer.current_epoch + 1}: loss {pl_module.epoch_train_loss:.4f} "
                 f"val macro-F1 {f1:.3f} (best {self.best:.3f})",
@@ -283,6 +298,7 @@ def _callback_classes() -> tuple[type, type]:
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
             if self.progress is not None:
+                self.progress.remove_task(self.batches_task)
                 self.progress.stop()
                 self.progress = None
 
