@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,7 +363,7 @@ class _Pending:
     read_failures: list[tuple[int, str, str, str]]
 
 
-def _iter_items(sources: list[Any], disorder: str, timeout: float) -> Iterator[Any]:
+def _iter_items(sources: list[Any], disorder: str, timeout: float) -> Generator[Any, None, None]:
     return _prefetch(_read_sources(sources, disorder, timeout), PREFETCH_ITEMS)
 
 
@@ -390,7 +390,7 @@ def _read_sources(sources: list[Any], disorder: str, timeout: float) -> Iterator
 _END = object()
 
 
-def _prefetch(iterator: Iterator[Any], maxsize: int) -> Iterator[Any]:
+def _prefetch(iterator: Iterator[Any], maxsize: int) -> Generator[Any, None, None]:
     """Drain ``iterator`` in a background thread into a bounded queue.
 
     The reader's parser processes only run ahead as far as their pipes allow; a thread that keeps
@@ -487,6 +487,7 @@ def _run(
     started = time.perf_counter()
 
     backend = make_backend(model, model_ref, workers=workers, scheduler=scheduler)
+    stream: Any = None
     try:
         with make_progress(disable=not progress) as bar:
             job = bar.add_task("screening", total=None)
@@ -518,7 +519,10 @@ def _run(
                 pending[backend.submit(task)] = entry
                 collect([f for f in pending if f.done()])  # commit early: a kill loses less
 
-            for seq, item in enumerate(_iter_items(sources, disorder, timeout)):
+            stream = _iter_items(sources, disorder, timeout)
+            for seq, item in enumerate(stream):
+                if seq % 256 == 0:
+                    bar.update(job, description=f"screening (read {seq:,})")
                 if hasattr(item, "structure"):
                     key = item_key(str(item.id), str(item.source))
                     if key in finished or key in seen:
@@ -536,6 +540,7 @@ def _run(
                         continue
                     seen.add(key)
                     read_failures.append((seq, "", str(item.source), str(item.reason)))
+            bar.update(job, description="screening")
             tail = planner.flush()
             if tail is not None:
                 dispatch(tail)
@@ -547,6 +552,8 @@ def _run(
                 collect(backend.wait_any(list(pending)))
             bar.update(job, completed=n_processed, total=n_processed)
     finally:
+        if stream is not None:
+            stream.close()  # stop the reader thread and its parser processes now, not at GC time
         backend.close()
         if writer is not None:
             writer.close()

@@ -102,23 +102,10 @@ def test_kill_9_midway_then_resume_gives_one_row_per_structure(
     seeded_bundle: Path, mp20_subset: Path, tmp_path: Path
 ) -> None:
     """A real `matcard screen` process is SIGKILLed after some shards committed; --resume finishes."""
+    from matcard.screening import screen
+
     reference = tmp_path / "reference.parquet"
-    done = subprocess.run(
-        [
-            *_matcard(),
-            "screen",
-            str(seeded_bundle),
-            str(mp20_subset),
-            "--out",
-            str(reference),
-            "--batch-size",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    screen(seeded_bundle, mp20_subset, reference, batch_size=8, progress=False)  # uninterrupted
 
     out = tmp_path / "s.parquet"
     command = [

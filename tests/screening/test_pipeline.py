@@ -172,6 +172,7 @@ def test_resume_refuses_a_different_model(seeded_bundle: Path, mp20_subset: Path
         screen(other, mp20_subset, out, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_local_processes_match_in_process(seeded_bundle: Path, mp20_subset: Path, tmp_path: Path) -> None:
     local = screen(seeded_bundle, mp20_subset, tmp_path / "a.parquet", shard_atoms=500, progress=False)
     pooled = screen(
