@@ -125,11 +125,8 @@ class ReadResult:
 
 
 @dataclass
-class _Skipped:
-    """A source that holds no structure by design (yielded by iter_structures as a failure-like item)."""
-
-    source: str
-    reason: str
+class Skipped(ReadFailure):
+    """A source that holds no structure by design (label file, notes); not counted as a failure."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1110,27 +1107,36 @@ def iter_structures(
 
     ``workers``: parser processes (None: one per available CPU, at most 8; 0: parse in this process,
     with a SIGALRM time limit in the main thread only). ``timeout``: seconds per structure file or
-    table row (None: no limit). Skipped non-structure files are yielded as ReadFailure only when
-    ``include_skipped`` is set.
+    table row (None: no limit). Non-structure files met in folders are yielded as :class:`Skipped`
+    (a ReadFailure subclass) only when ``include_skipped`` is set. Bad options raise at once.
     """
     if disorder not in DISORDER_POLICIES:
         raise UsageError(f"disorder must be one of {', '.join(DISORDER_POLICIES)}, got {disorder!r}")
     if timeout is not None and timeout <= 0:
         raise UsageError(f"timeout must be positive, got {timeout}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"workers must be >= 0, got {workers}")
     options = _Options(disorder=disorder, occupancy_tolerance=occupancy_tolerance)
     table_options = {"cif_column": cif_column, "id_column": id_column, "label_column": label_column}
     entries = _source_entries(sources, table_options, recursive)
-    for kind, payload in _ordered(
+    ordered = _ordered(
         entries,
         options=options,
         timeout=timeout,
         workers=workers,
         progress=progress,
         description="Reading structures",
-    ):
+    )
+    return _flatten(ordered, include_skipped)
+
+
+def _flatten(
+    ordered: Iterator[tuple[str, Any]], include_skipped: bool
+) -> Iterator[StructureRecord | ReadFailure]:
+    for kind, payload in ordered:
         if kind == "skipped":
             if include_skipped:
-                yield _Skipped(payload.source, payload.reason)  # type: ignore[misc]
+                yield Skipped(payload.source, payload.reason)
         else:
             yield from payload
 
@@ -1169,8 +1175,8 @@ def read_structures(
     ):
         if isinstance(outcome, StructureRecord):
             records.append(outcome)
-        elif isinstance(outcome, _Skipped):
-            skipped.append(ReadFailure(outcome.source, outcome.reason))
+        elif isinstance(outcome, Skipped):
+            skipped.append(outcome)
         else:
             failures.append(outcome)
     return ReadResult(records=records, failures=failures, skipped=skipped)
@@ -1209,6 +1215,7 @@ __all__ = [
     "DISORDER_POLICIES",
     "ReadFailure",
     "ReadResult",
+    "Skipped",
     "StructureRecord",
     "available_cpus",
     "classify_warnings",

@@ -122,6 +122,8 @@ def test_disorder_policies(shared_data: Path, policy: str) -> None:
 def test_unknown_disorder_policy_is_usage_error(shared_data: Path) -> None:
     with pytest.raises(UsageError, match="disorder"):
         read_structures(shared_data / "messy_cifs" / "Co8.cif", disorder="average")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="timeout"):  # raised on the call, before any iteration
+        iter_structures(shared_data / "messy_cifs", timeout=0)
 
 
 # ------------------------------------------------------------------ folder layouts
