@@ -3,6 +3,7 @@ and any path a user points at (files, folders, globs, tables)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -90,6 +91,7 @@ class Dataset:
         self._composition_fn = composition_fn
         self._compositions: list[Composition] | None = None
         self._content_hash = content_hash
+        self._labels_cache: dict[Task, Labels] = {}
 
     # ---------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -176,7 +178,16 @@ class Dataset:
     def labels(self, task: str | Task | dict[str, Any] | None = None) -> Labels:
         """Integer labels and class names for ``task`` (a registered name, a Task or a task spec)."""
         resolved = self.task(task)
-        return resolved.compute(self.table, self.structures if self._store is not None else None)
+        try:
+            cached = self._labels_cache.get(resolved)
+        except TypeError:  # an unhashable custom task: no memo
+            cached = None
+        if cached is None:
+            cached = resolved.compute(self.table, self.structures if self._store is not None else None)
+            with contextlib.suppress(TypeError):
+                self._labels_cache[resolved] = cached
+        # Callers get their own arrays (spglib-derived labels are worth computing once only).
+        return Labels(cached.y.copy(), list(cached.class_names))
 
     def given_splits(self) -> dict[str, np.ndarray]:
         """The split published with the data (glass-tg: train / validation), else empty."""
