@@ -726,14 +726,21 @@ def _fit_and_finish(
     ckpt_path = str(last) if resuming and last.is_file() else None
     if resuming and ckpt_path is None and is_zero:
         console.print(f"[yellow]no checkpoint in {checkpoint_dir}; training {run_dir} from the start[/]")
+    resume_hint = f"continue with: matcard train --out {run_dir} --resume"
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
-    except KeyboardInterrupt:
-        raise
-    except MatcardError:
+    except SystemExit as stop:  # Lightning's graceful Ctrl-C shutdown ends with sys.exit(1)
+        if trainer.interrupted:
+            raise MatcardError(
+                f"training interrupted at epoch {trainer.current_epoch + 1}; {resume_hint}"
+            ) from None
+        raise stop
+    except RuntimeError as error:
+        if "checkpoint" in str(error).lower() and ckpt_path is not None:
+            raise MatcardError(f"cannot resume from {ckpt_path}: {error}") from error
         raise
     if trainer.interrupted:
-        raise MatcardError(f"training interrupted; continue with --resume --out {run_dir}")
+        raise MatcardError(f"training interrupted at epoch {trainer.current_epoch + 1}; {resume_hint}")
     if not trainer.is_global_zero:
         return TrainResult(run_dir, None, config=config, is_global_zero=False)
 
