@@ -159,3 +159,37 @@ def test_real_structures_all_featurize(mp20_items) -> None:
             data = featurizer(structure)
             counts = torch.bincount(data.edge_index[0], minlength=len(structure))
             assert counts.min() >= 1 and counts.max() <= 12
+
+
+def test_nearest_shortcut_is_exact_against_the_full_cutoff_search(mp20_items, shared_data) -> None:
+    """The small-probe shortcut of 'nearest' mode must give each atom exactly the 12 nearest of a
+    full 8 Å search, on real cells (MP-20) and odd ones (molecular crystals, huge cells)."""
+    from matcard.structures import read_structures
+
+    odd = [r.structure for r in read_structures(shared_data / "messy_cifs").records]
+    nearest, everything = GraphFeaturizer(), GraphFeaturizer(mode="all")
+    for structure in [s for _, s in mp20_items] + odd:
+        n = len(structure)
+        got = _per_atom_distances(nearest(structure), n)
+        full = _per_atom_distances(everything(structure), n)
+        for g, f in zip(got, full, strict=True):
+            np.testing.assert_allclose(g, f[:12], atol=1e-6)
+
+
+def test_nearest_shortcut_falls_back_when_the_probe_is_too_small(monkeypatch) -> None:
+    import matcard.featurize.graph as graph_module
+
+    # a dense 3x3x3 cluster plus one atom in the empty half of the cell: the density-sized probe
+    # holds no neighbour of the lone atom, so the full-cutoff search must run
+    grid = [[0.12 * i, 0.12 * j, 0.12 * k] for i in range(3) for j in range(3) for k in range(3)]
+    structure = Structure(Lattice.cubic(10.0), ["Cu"] * 27 + ["Au"], [*grid, [0.6, 0.6, 0.6]])
+    radii: list[float] = []
+    original = graph_module._neighbor_search
+    monkeypatch.setattr(
+        graph_module, "_neighbor_search", lambda arrays, r: radii.append(r) or original(arrays, r)
+    )
+    got = _per_atom_distances(GraphFeaturizer()(structure), len(structure))
+    assert len(radii) == 2 and radii[0] < 8.0 == radii[1]  # probe, then the full search
+    full = _per_atom_distances(GraphFeaturizer(mode="all")(structure), len(structure))
+    for g, f in zip(got, full, strict=True):
+        np.testing.assert_allclose(g, f[:12], atol=1e-6)
