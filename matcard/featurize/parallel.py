@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -210,12 +211,24 @@ def _merge_early(result: ChunkResult, early: list[ItemFailure]) -> ChunkResult:
     return result
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
+def _mp_context(kind: str) -> multiprocessing.context.BaseContext:
     # forkserver: workers start from a clean server process, never from a parent holding torch
-    # threads or a Rich refresh thread (fork with live threads can deadlock).
+    # threads or a Rich refresh thread (fork with live threads can deadlock). The server imports
+    # the featurizer's modules once, so each worker is a cheap fork of an already-warm process
+    # (only effective if this process has not started its forkserver yet).
     if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("forkserver")
+        context = multiprocessing.get_context("forkserver")
+        preload = ["matcard.featurize.graph", "pymatgen.optimization.neighbors"]
+        if kind == "composition":
+            preload += ["matcard.featurize.composition", "matminer.featurizers.composition"]
+        context.set_forkserver_preload(preload)
+        return context
     return multiprocessing.get_context("spawn")
+
+
+def _worker_init() -> None:
+    """Workers ignore Ctrl-C: the parent stops the pool (completed shards are already saved)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_featurization(
@@ -243,7 +256,9 @@ def run_featurization(
 
     window = 3 * n_jobs  # chunks in flight: keeps workers busy, bounds memory
     pending: deque[tuple[Future[ChunkResult], list[ItemFailure]]] = deque()
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_mp_context()) as pool:
+    with ProcessPoolExecutor(
+        max_workers=n_jobs, mp_context=_mp_context(featurizer.kind), initializer=_worker_init
+    ) as pool:
         try:
             for chunk_start, chunk, early in chunks:
                 pending.append((pool.submit(_run_chunk, featurizer, chunk_start, chunk, collate), early))
