@@ -200,8 +200,12 @@ def inspect_command(
         )
     except MatcardError as err:
         raise fail(err) from err
+    # Nothing readable at all is a runtime failure (exit 1), after the report has been shown.
+    nothing = summary["n_rows"] == 0
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
+        if nothing:
+            raise typer.Exit(code=1)
         return
     overview = Table(title=f"inspect {source}", show_header=False)
     overview.add_column("field")
@@ -240,6 +244,9 @@ def inspect_command(
         if extra > 0:
             problems.add_row("…", f"{extra} more failures (use --json for all)")
         console.print(problems)
+    if nothing:
+        console.print(f"[bold red]error:[/] no structures could be read from {source}")
+        raise typer.Exit(code=1)
 
 
 # === featurize ===================================================================

@@ -162,3 +162,13 @@ def test_missing_mirror_file_exits_1(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "not found on the mirror" in result.output
+
+
+def test_nothing_readable_exits_1_after_reporting(shared_data: Path) -> None:
+    bad = shared_data / "messy_cifs" / "bad_superflat_inf_loop.cif"
+    result = runner.invoke(app, ["inspect", str(bad), "--json"])
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["n_structures"] == 0 and summary["n_failed"] == 1
+    human = runner.invoke(app, ["inspect", str(bad)])
+    assert human.exit_code == 1 and "no structures could be read" in human.output
