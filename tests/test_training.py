@@ -153,3 +153,13 @@ def test_losses_samplers_and_models_train_end_to_end(env, tmp_path, overrides):
     assert np.isfinite([float(r["train_loss"]) for r in _history(result.run_dir)]).all()
     frame = result.model.predict(matcard.load_dataset("aflow-prototypes", progress=False).records()[:3])
     assert frame["error"].isna().all()
+
+
+def test_evaluate_on_another_dataset_matches_classes_by_name(run, shared_data):
+    # 70 JARVIS POSCARs: crystal systems computed with spglib by the bundle's own task recipe
+    result = evaluate(run.run_dir / "model", dataset=str(shared_data / "alignn_sample_poscar"), split="all",
+                      progress=False)  # fmt: skip
+    assert result["split"] == "all" and result["metrics"]["n_samples"] == 70
+    assert set(result["metrics"]["per_class"]) == set(run.model.class_names)
+    with pytest.raises(UsageError, match="split all"):
+        evaluate(run.run_dir, dataset=str(shared_data / "alignn_sample_poscar"), progress=False)
