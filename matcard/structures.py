@@ -426,14 +426,27 @@ def _parse_cif_text(
 
 
 def _parse_poscar_text(
-    text: str, item_id: str, source: str, label: object | None, options: _Options, properties: dict | None
+    text: str,
+    item_id: str,
+    source: str,
+    label: object | None,
+    options: _Options,
+    properties: dict | None,
+    path: str | None = None,
 ) -> list[Outcome]:
     from pymatgen.io.vasp import Poscar
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        structure = Poscar.from_str(text, read_velocities=False).structure
+        if path is not None and (Path(path).parent / "POTCAR").is_file():
+            # A VASP 4 POSCAR names no species; pymatgen takes them from the POTCAR beside it.
+            structure = Poscar.from_file(path, check_for_potcar=True, read_velocities=False).structure
+        else:
+            structure = Poscar.from_str(text, read_velocities=False).structure
     messages = tuple(" ".join(str(w.message).split())[:200] for w in caught)
+    if any("Elements in POSCAR cannot be determined" in m for m in messages):
+        # pymatgen would invent H, He, ... for the species: refuse rather than pass on fake data.
+        return [ReadFailure(source, "no species in POSCAR (VASP 4 format without a POTCAR beside it)")]
     flags = ("poscar_warning",) if messages else ()
     return [_finish(structure, item_id, source, label, options, flags, messages, properties)]
 
@@ -563,7 +576,7 @@ def _parse_item(item: _Item, options: _Options) -> list[Outcome]:
         if item.kind == "poscar":
             assert item.path is not None
             text, _ = _read_text(item.path)
-            return _parse_poscar_text(text, item_id, item.source, item.label, options, properties)
+            return _parse_poscar_text(text, item_id, item.source, item.label, options, properties, item.path)
         if item.kind == "poscar_text":
             assert item.text is not None
             return _parse_poscar_text(item.text, item_id, item.source, item.label, options, properties)

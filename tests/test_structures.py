@@ -351,3 +351,13 @@ def test_stopping_early_releases_the_workers(shared_data: Path) -> None:
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not multiprocessing.active_children()
+
+
+def test_vasp4_poscar_without_species_is_refused(shared_data: Path, tmp_path: Path) -> None:
+    lines = (shared_data / "alignn_sample_poscar" / "POSCAR-JVASP-1372.vasp").read_text().splitlines()
+    assert lines[5].split() == ["Al", "As"]
+    vasp4 = tmp_path / "POSCAR"
+    vasp4.write_text("\n".join(["no species here", *lines[1:5], *lines[6:]]) + "\n")
+    result = read_structures(vasp4)
+    assert not result.records  # pymatgen alone would return an invented "H He" structure
+    assert "no species" in result.failures[0].reason
