@@ -98,6 +98,8 @@ def registry_table(root: str | os.PathLike[str] | None = None) -> list[dict[str,
                 "licence": spec.licence,
                 "citation": spec.citation,
                 "description": spec.description,
+                "notes": spec.notes,
+                "homepage": spec.homepage,
                 "cached": _cached_state(spec, root),
                 "files": [
                     {"path": f.relative_path, "url": f.url, "sha256": f.sha256, "size": f.size}
