@@ -113,6 +113,25 @@ class StructureStore:
             self._built = [self.structure(i) for i in range(len(self))]
         return self._built
 
+    def compositions(self) -> list[Any]:
+        """Compositions straight from the species lists (no Structure objects built)."""
+        from collections import Counter
+
+        from pymatgen.core import Composition
+
+        out = []
+        for index in range(len(self)):
+            start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+            amounts: Counter[str] = Counter()
+            for species in self.species[start:stop]:
+                if species.startswith("{"):
+                    for element, occupancy in json.loads(species).items():
+                        amounts[element] += occupancy
+                else:
+                    amounts[species] += 1
+            out.append(Composition(dict(amounts)))
+        return out
+
     def n_sites(self) -> np.ndarray:
         return np.diff(self.offsets)
 

@@ -136,7 +136,7 @@ class Dataset:
             if self._composition_fn is not None:
                 self._compositions = self._composition_fn(self.table)
             elif self._store is not None:
-                self._compositions = [s.composition for s in self.structures()]
+                self._compositions = self._store.compositions()
             else:
                 raise UsageError(f"dataset {self.name!r} has no compositions")
         return self._compositions

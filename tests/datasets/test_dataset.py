@@ -181,6 +181,7 @@ def test_subset_and_content_hash(aflow_dataset: Dataset) -> None:
     assert rebuilt.structure(1) == aflow_dataset.structures()[7]
     records = first.records()
     assert [r.id for r in records] == first.ids
+    assert aflow_dataset.store.compositions() == [s.composition for s in aflow_dataset.structures()]
 
 
 def test_disordered_structures_survive_the_cache(shared_data: Path, tmp_path: Path) -> None:
@@ -192,6 +193,7 @@ def test_disordered_structures_survive_the_cache(shared_data: Path, tmp_path: Pa
     _, store, _ = read_parsed(tmp_path / "x.parquet")
     assert store.structure(0) == kept.structures()[0]
     assert store.flags[0] == ("disordered_kept",)
+    assert store.compositions()[0].almost_equals(kept.structures()[0].composition)
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     assert read_parsed(tmp_path / "broken.parquet") is None
 
