@@ -56,9 +56,7 @@ def load_structures(limit: int) -> list[Any]:
 class CGCNNStyleFeaturizer:
     """The original CGCNN data pipeline (CIFData.__getitem__), minus file reading."""
 
-    def __init__(
-        self, radius: float = CUTOFF, max_num_nbr: int = MAX_NEIGHBORS, step: float = 0.2
-    ) -> None:
+    def __init__(self, radius: float = CUTOFF, max_num_nbr: int = MAX_NEIGHBORS, step: float = 0.2) -> None:
         from matcard.featurize.elements import element_feature_table
 
         self.radius, self.max_num_nbr = radius, max_num_nbr
@@ -221,9 +219,7 @@ def run_full(jobs: int) -> dict[str, Any]:
         "peak_rss_mb": round(max(build_rss, cached_rss) / 2**20, 1),
     }
     result["accepted"] = bool(
-        result["second_run_from_cache"]
-        and result["cache_speedup"] >= 10
-        and result["peak_rss_mb"] < 3 * 1024
+        result["second_run_from_cache"] and result["cache_speedup"] >= 10 and result["peak_rss_mb"] < 3 * 1024
     )
     return result
 

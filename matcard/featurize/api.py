@@ -339,8 +339,8 @@ def featurize_dataset(
     from matcard.datasets import load_dataset
 
     featurizer = make_featurizer(featurizer)
-    dataset = source if hasattr(source, "content_hash") else load_dataset(
-        source, mirror=mirror, data_dir=data_dir
+    dataset = (
+        source if hasattr(source, "content_hash") else load_dataset(source, mirror=mirror, data_dir=data_dir)
     )
     labels = class_names = None
     if task is not None:
@@ -354,9 +354,7 @@ def featurize_dataset(
     elif dataset.kind == "structures":
         items = list(zip(ids, dataset.structures(), strict=True))
     elif featurizer.kind == "graph":
-        raise UsageError(
-            f"dataset {dataset.name!r} has compositions only; use the composition featurizer"
-        )
+        raise UsageError(f"dataset {dataset.name!r} has compositions only; use the composition featurizer")
     else:
         items = list(zip(ids, dataset.compositions(), strict=True))
     if labels is not None and len(labels) != len(items):

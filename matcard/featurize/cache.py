@@ -222,9 +222,7 @@ class FeatureStore:
                 del self.shards[index]
         if bad:
             covered = [(self.shard_size * i, self.shard_size * (i + 1)) for i in bad]
-            self.failures = [
-                f for f in self.failures if not any(lo <= f.position < hi for lo, hi in covered)
-            ]
+            self.failures = [f for f in self.failures if not any(lo <= f.position < hi for lo, hi in covered)]
         return bad
 
     # ---------------------------------------------------------------- writing

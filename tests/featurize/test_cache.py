@@ -155,7 +155,8 @@ def test_a_second_writer_waits_for_the_first_then_loads_its_work(items, tmp_path
     with store_lock(out):  # another process is featurizing into this folder
         worker = threading.Thread(
             target=lambda: events.append(
-                "cached" if featurize_items(items[:10], "graph", out=out, jobs=1, progress=False).from_cache
+                "cached"
+                if featurize_items(items[:10], "graph", out=out, jobs=1, progress=False).from_cache
                 else "built"
             )
         )
