@@ -233,6 +233,21 @@ def test_ase_database(shared_data: Path, tmp_path: Path) -> None:
     assert all("#id=" in r.source for r in result.records)
 
 
+def test_ase_json_database(shared_data: Path, tmp_path: Path) -> None:
+    import ase.db
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    records = read_structures(shared_data / "alignn_sample_poscar").records[:4]
+    path = tmp_path / "rows.json"
+    with ase.db.connect(path) as db:
+        for record in records:
+            db.write(AseAtomsAdaptor.get_atoms(record.structure), name=f"jv-{record.id}")
+    result = read_structures(path)
+    assert [r.id for r in result.records] == [f"jv-{r.id}" for r in records]
+    for got, want in zip(result.records, records, strict=True):
+        assert got.structure.composition == want.structure.composition
+
+
 def test_csv_and_parquet_with_cif_column(mp20_rows: pd.DataFrame, tmp_path: Path) -> None:
     mp20_rows.to_csv(tmp_path / "rows.csv", index=False)
     mp20_rows.to_parquet(tmp_path / "rows.parquet")
