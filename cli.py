@@ -216,6 +216,8 @@ def inspect_command(
     if summary["skipped"]:
         overview.add_row("skipped (not structures)", str(len(summary["skipped"])))
     overview.add_row("tasks", ", ".join(summary["tasks"]) or "-")
+    if summary.get("given_splits"):
+        overview.add_row("given split", ", ".join(f"{k} {v:,}" for k, v in summary["given_splits"].items()))
     if summary.get("flags"):
         overview.add_row("flags", ", ".join(f"{k}: {v}" for k, v in summary["flags"].items()))
     if summary["task"]:

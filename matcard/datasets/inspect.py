@@ -34,6 +34,9 @@ def summarize(
         "class_counts": {},
         "imbalance_ratio": None,
     }
+    given = dataset.given_splits()
+    if given:
+        summary["given_splits"] = {name: len(rows) for name, rows in given.items()}
     store = dataset.store
     if store is not None:
         flags = Counter(flag for record_flags in store.flags for flag in record_flags)

@@ -109,6 +109,11 @@ def test_glass_tg_keeps_given_split_and_builds_compositions(file_mirror: str, se
     assert dataset.kind == "compositions" and len(dataset) == 28153 + 7023
     given = dataset.given_splits()
     assert {k: len(v) for k, v in given.items()} == {"train": 28153, "validation": 7023}
+    from matcard.datasets.inspect import summarize
+
+    summary = summarize(dataset)
+    assert summary["given_splits"] == {"train": 28153, "validation": 7023}
+    assert summary["class_counts"] == {"outside": 35176 - 9971, "window": 8029 + 1942}
     labels = dataset.labels("tg_window")
     assert int(labels.y[given["train"]].sum()) == 8029
     assert int(labels.y[given["validation"]].sum()) == 1942
