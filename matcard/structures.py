@@ -688,6 +688,8 @@ def _ordered(
     """
     if workers is None:
         workers = min(available_cpus(), 8)
+    if workers > 0 and multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (e.g. a Pool worker) may not start children: parse here
     with make_progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(description, total=total)
         if workers <= 0:

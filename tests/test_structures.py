@@ -376,3 +376,15 @@ def test_vasp4_poscar_without_species_is_refused(shared_data: Path, tmp_path: Pa
     result = read_structures(vasp4)
     assert not result.records  # pymatgen alone would return an invented "H He" structure
     assert "no species" in result.failures[0].reason
+
+
+def _count_in_pool_worker(folder: str) -> int:
+    return len(read_structures(folder).records)
+
+
+def test_reading_inside_a_pool_worker(shared_data: Path) -> None:
+    import multiprocessing
+
+    # Pool workers are daemonic and may not fork children: the reader falls back to in-process.
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_count_in_pool_worker, (str(shared_data / "cgcnn_sample_classification"),)) == 10
