@@ -14,19 +14,24 @@ Formats
     whose ``id_prop.csv`` supplies labels. Files may be gzip/bz2/xz compressed.
 
 Time limit
-    Parsing runs in a small pool of long-lived worker processes (forked from a preloaded
-    forkserver, so a worker costs a fork, not an interpreter start) under a watchdog. A structure
-    that takes longer than ``timeout`` seconds gets its worker killed and replaced and is reported
-    as ``timeout after Ns``; the rest of that worker's batch is re-queued. Workers stream one
-    result per structure, so a 14k-row CSV pays no per-structure process cost.
+    Parsing runs in a small pool of long-lived worker processes (forked on demand, so a worker
+    costs a fork, not an interpreter start) under a watchdog. A structure that takes longer than
+    ``timeout`` seconds gets its worker killed and replaced and is reported as
+    ``timeout after Ns``; the rest of that worker's batch is re-queued. Workers stream one result
+    per structure, so a 14k-row CSV pays no per-structure process cost. Sources are expanded
+    lazily (tables in chunks) and results come back in input order through a bounded window.
+    Inside a daemonic process (a Pool worker), or with ``workers=0``, parsing runs in-process with
+    a best-effort SIGALRM limit.
 
 Data-quality flags
     pymatgen warnings that mean the parsed structure differs from what the file says become
     per-record flags (``cif_warning:sites_dropped``, ``cif_warning:formula_mismatch``,
     ``cif_warning:symbol_reinterpreted``, ``cif_warning:coords_rounded``,
     ``cif_warning:occupancy_rescaled``, ``cif_warning:symmetry_from_hm``,
-    ``cif_warning:syntax_issue``, ``cif_warning:other``), an undecodable byte gives
-    ``encoding:invalid_utf8``; the raw messages are kept in ``StructureRecord.warnings``.
+    ``cif_warning:symmetry_assumed_p1``, ``cif_warning:syntax_issue``, ``cif_warning:other``), an
+    undecodable byte gives ``encoding:invalid_utf8``; the raw messages are kept in
+    ``StructureRecord.warnings``. A VASP 4 POSCAR without species (pymatgen would invent H, He, ...)
+    is a failure.
 
 Disorder policy (``disorder=``)
     ``"skip"`` (default): a structure with partial occupancies is a failure with reason
