@@ -183,19 +183,51 @@ class CrystalSystemTask(Task):
             raise MatcardError(f"task {self.name!r}: {err}") from err
         return Labels(y, list(CRYSTAL_SYSTEMS))
 
-    def spacegroup_numbers(self, structures: Sequence[Structure]) -> np.ndarray:
-        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    def spacegroup_numbers(self, structures: Sequence[Structure], workers: int | None = None) -> np.ndarray:
+        """Space-group numbers from spglib; large inputs are split over forked worker processes."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        numbers = np.empty(len(structures), dtype=np.int64)
-        for i, structure in enumerate(structures):
-            try:
-                analyzer = SpacegroupAnalyzer(
-                    structure, symprec=self.symprec, angle_tolerance=self.angle_tolerance
-                )
-                numbers[i] = analyzer.get_space_group_number()
-            except Exception as err:  # spglib gives up on some inputs
-                raise MatcardError(f"spglib failed on structure {i}: {err}") from err
-        return numbers
+        from matcard.structures import available_cpus
+
+        n_workers = min(available_cpus(), 8) if workers is None else workers
+        parallel = (
+            n_workers > 1
+            and len(structures) >= PARALLEL_SPGLIB_MIN
+            and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon
+        )
+        if not parallel:
+            return _spacegroup_numbers(list(structures), self.symprec, self.angle_tolerance, 0)
+        chunk = -(-len(structures) // (4 * n_workers))
+        starts = range(0, len(structures), chunk)
+        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = pool.map(
+                _spacegroup_numbers,
+                [list(structures[i : i + chunk]) for i in starts],
+                [self.symprec] * len(starts),
+                [self.angle_tolerance] * len(starts),
+                list(starts),
+            )
+            return np.concatenate(list(parts))
+
+
+PARALLEL_SPGLIB_MIN = 500  # below this, forking workers costs more than it saves
+
+
+def _spacegroup_numbers(
+    structures: list[Structure], symprec: float, angle_tolerance: float, offset: int
+) -> np.ndarray:
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    numbers = np.empty(len(structures), dtype=np.int64)
+    for i, structure in enumerate(structures):
+        try:
+            analyzer = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
+            numbers[i] = analyzer.get_space_group_number()
+        except Exception as err:  # spglib gives up on some inputs
+            raise MatcardError(f"spglib failed on structure {offset + i}: {err}") from err
+    return numbers
 
 
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {

@@ -79,6 +79,19 @@ def test_crystal_system_from_spglib_and_symprec(aflow_dataset) -> None:
     assert (loose >= from_column).all()  # ... never lower: index order follows symmetry here
 
 
+def test_spglib_in_parallel_matches_sequential(aflow_dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matcard.tasks
+
+    structures = aflow_dataset.structures()[:60]
+    task = CrystalSystemTask(symprec=0.01)
+    sequential = task.spacegroup_numbers(structures, workers=1)
+    monkeypatch.setattr(matcard.tasks, "PARALLEL_SPGLIB_MIN", 10)
+    parallel = task.spacegroup_numbers(structures, workers=2)
+    np.testing.assert_array_equal(parallel, sequential)
+    systems = [crystal_system_index(n) for n in sequential]
+    assert systems == aflow_dataset.labels("crystal_system").y[:60].tolist()
+
+
 def test_crystal_system_without_column_or_structures() -> None:
     with pytest.raises(UsageError, match="space-group column or structures"):
         CrystalSystemTask().compute(pd.DataFrame({"id": ["a"]}))
