@@ -84,6 +84,7 @@ class Dataset:
         self.table = table.reset_index(drop=True)
         self.tasks: dict[str, Task] = dict(tasks or {})
         self.failures: list[ReadFailure] = list(failures)
+        self.skipped: list[ReadFailure] = []  # path sources: files holding no structure by design
         self.spec = spec
         self.default_task = default_task
         self.source = source or name
@@ -572,7 +573,7 @@ def _path_dataset(
         source=source,
         content_hash=content_hash,
     )
-    dataset.skipped = list(skipped)  # type: ignore[attr-defined]
+    dataset.skipped = list(skipped)
     return dataset
 
 

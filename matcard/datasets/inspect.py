@@ -28,7 +28,7 @@ def summarize(
         "n_rows": len(dataset),
         "n_failed": len(dataset.failures),
         "failures": [{"source": f.source, "reason": f.reason} for f in dataset.failures],
-        "skipped": [{"source": s.source, "reason": s.reason} for s in getattr(dataset, "skipped", [])],
+        "skipped": [{"source": s.source, "reason": s.reason} for s in dataset.skipped],
         "tasks": list(dataset.tasks),
         "task": None,
         "class_counts": {},
