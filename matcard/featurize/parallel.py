@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from matcard.errors import MatcardError
+from matcard.errors import MatcardError, UsageError
 from matcard.featurize.graph import FeaturizationError, GraphArrays, StructureArrays
 
 Featurizer = Any  # GraphFeaturizer | CompositionFeaturizer (kept loose to avoid import cycles)
@@ -133,7 +133,7 @@ def resolve_jobs(jobs: int | None) -> int:
     if jobs is None or jobs == 0:
         return default_jobs()
     if jobs < 0:
-        raise MatcardError(f"jobs must be >= 0 (0 = all cores), got {jobs}")
+        raise UsageError(f"jobs must be >= 0 (0 = all cores), got {jobs}")
     return jobs
 
 
