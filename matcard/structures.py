@@ -28,7 +28,8 @@ Data-quality flags
     per-record flags (``cif_warning:sites_dropped``, ``cif_warning:formula_mismatch``,
     ``cif_warning:symbol_reinterpreted``, ``cif_warning:coords_rounded``,
     ``cif_warning:occupancy_rescaled``, ``cif_warning:symmetry_from_hm``,
-    ``cif_warning:symmetry_assumed_p1``, ``cif_warning:syntax_issue``, ``cif_warning:other``), an
+    ``cif_warning:symmetry_assumed_p1``, ``cif_warning:syntax_issue``,
+    ``cif_warning:pauling_file_corrections``, ``cif_warning:other``), an
     undecodable byte gives ``encoding:invalid_utf8``; the raw messages are kept in
     ``StructureRecord.warnings``. A VASP 4 POSCAR without species (pymatgen would invent H, He, ...)
     is a failure.
@@ -173,11 +174,12 @@ _FLAG_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"parsed as\s*$", re.S), "cif_warning:sites_dropped"),
     (re.compile(r"parsed as \S"), "cif_warning:symbol_reinterpreted"),
     (re.compile(r"fractional coordinates rounded"), "cif_warning:coords_rounded"),
-    (re.compile(r"Incorrect stoichiometry"), "cif_warning:formula_mismatch"),
+    (re.compile(r"Incorrect stoichiometry|Missing elements"), "cif_warning:formula_mismatch"),
     (re.compile(r"occupancies .* sum to > 1", re.S), "cif_warning:occupancy_rescaled"),
     (re.compile(r"Defaulting to P1"), "cif_warning:symmetry_assumed_p1"),
     (re.compile(r"No _symmetry_equiv_pos_as_xyz"), "cif_warning:symmetry_from_hm"),
     (re.compile(r"Possible issue in CIF file at line"), "cif_warning:syntax_issue"),
+    (re.compile(r"Pauling file corrections applied"), "cif_warning:pauling_file_corrections"),
 )
 
 
@@ -411,7 +413,7 @@ def _parse_cif_text(
         block_source = f"{source}#{name}" if multi else source
         block_id = f"{item_id}:{name}" if multi else item_id
         try:
-            structure, flags, messages = parse_one(str(block) if multi else text)
+            structure, flags, messages = parse_one(str(block) if len(blocks) > 1 else text)
         except Exception as err:
             outcomes.append(ReadFailure(block_source, _error_reason(err)))
             continue

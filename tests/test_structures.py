@@ -91,6 +91,7 @@ def test_dropped_sites_are_flagged_when_disorder_kept(shared_data: Path) -> None
     result = read_structures(shared_data / "messy_cifs" / "PF_sd_1601634.cif", disorder="keep")
     assert result.records
     assert "cif_warning:sites_dropped" in result.records[0].flags
+    assert "cif_warning:formula_mismatch" in result.records[0].flags  # the dropped OH hydrogens
     assert "disordered_kept" in result.records[0].flags
 
 
