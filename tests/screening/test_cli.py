@@ -118,9 +118,9 @@ def test_kill_9_midway_then_resume_gives_one_row_per_structure(
         "--batch-size",
         "8",
     ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    log = tmp_path / "killed-run.stderr"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     manifest = state_dir_for(out) / "manifest.json"
     deadline = time.monotonic() + 240
     committed = 0
@@ -138,7 +138,7 @@ def test_kill_9_midway_then_resume_gives_one_row_per_structure(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # the screen and its reader processes, no cleanup
         process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the screen finished before it could be killed"
+    assert process.returncode == -signal.SIGKILL, f"exit {process.returncode}, not killed: {log.read_text()}"
     assert committed >= 3 and not out.exists()
 
     resumed = subprocess.run([*command, "--resume", "--json"], capture_output=True, text=True, timeout=300)
