@@ -474,7 +474,8 @@ def reproduce_synthetic(
         paired = row.get("macro_f1_vs_ce")
         cells.append("" if paired is None else f"{paired:+.3f} ± {row['macro_f1_vs_ce_std']:.3f}")
         table.add_row(row["loss"], row["protocol"], *cells, str(row["n_seeds"]))
-    console.print(table)
+    # logs and pipes get a wide table instead of Rich's 80-column default
+    console.print(table, width=None if console.is_terminal else max(console.width, 140))
     console.print(
         f"{result.elapsed_s:.0f} s ({result.reused_jobs} finished runs reused); "
         f"wrote {', '.join(str(path) for path in result.files.values())}"

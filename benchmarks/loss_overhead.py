@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console(stderr=True)
+    if not console.is_terminal:  # keep every column when piped or logged
+        console.width = max(console.width, 120)
 
     rows = []
     for batch_size in args.batch_sizes:
