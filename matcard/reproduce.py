@@ -484,7 +484,8 @@ def write_outputs(result: SyntheticResult) -> dict[str, Path]:
         "plot": out / "macro_f1_per_epoch.png",
     }
     atomic_write_text(files["summary"], pd.DataFrame(result.summary).to_csv(index=False))
-    atomic_write_text(files["per_seed"], pd.DataFrame(result.per_seed).to_csv(index=False))
+    # convert_dtypes keeps epoch columns integer although each protocol leaves the other's empty
+    atomic_write_text(files["per_seed"], pd.DataFrame(result.per_seed).convert_dtypes().to_csv(index=False))
     atomic_write_text(files["per_epoch"], result.per_epoch.to_csv(index=False))
     config = asdict(result.config)
     atomic_write_json(
@@ -507,8 +508,15 @@ def plot_macro_f1(result: SyntheticResult, path: Path) -> None:
         if "best_over_epochs" in set(frame["protocol"])
         else frame
     )
-    figure, axis = plt.subplots(figsize=(9, 5.5))
-    for spec in result.config.losses:
+    figure, axis = plt.subplots(figsize=(11, 5.5))
+    reference_colours = {
+        "magnitude": "tab:blue",
+        "spread": "tab:purple",
+        "ce": "tab:orange",
+        "mse": "tab:red",
+    }
+    baseline_colours = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (0, 2, 6, 8)]
+    for index, spec in enumerate(result.config.losses):
         source = DERIVED_LOSSES.get(spec, spec)
         column = ("posthoc_" if spec in DERIVED_LOSSES else "") + "test_macro_f1"
         runs = frame[frame["loss"] == source]
@@ -518,6 +526,7 @@ def plot_macro_f1(result: SyntheticResult, path: Path) -> None:
         highlighted = spec in REFERENCE_LOSSES
         axis.plot(
             curve.index, curve.to_numpy(), label=spec, linewidth=2.2 if highlighted else 1.0,
+            color=reference_colours.get(spec, baseline_colours[index % len(baseline_colours)]),
             alpha=1.0 if highlighted else 0.7, linestyle="-" if highlighted else "--",
         )  # fmt: skip
     seeds = ", ".join(str(s) for s in result.config.seeds)
@@ -526,7 +535,7 @@ def plot_macro_f1(result: SyntheticResult, path: Path) -> None:
         title=f"Synthetic 10-class task, majority {result.config.majority:g}, seeds {seeds}",
     )  # fmt: skip
     axis.grid(alpha=0.3)
-    axis.legend(ncol=2, fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
