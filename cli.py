@@ -35,7 +35,9 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """matcard: find the minority class in crystal data."""
@@ -167,8 +169,10 @@ def inspect_command(
     workers: Annotated[int | None, typer.Option(help="Parser processes (default: CPUs, max 8).")] = None,
     query: Annotated[
         list[str] | None,
-        typer.Option(help="Live-dataset filter KEY=VALUE, repeatable (materials-project: elements=Si,O "
-        "num_elements=2-3 max_sites=20 limit=500)."),
+        typer.Option(
+            help="Live-dataset filter KEY=VALUE, repeatable (materials-project: elements=Si,O "
+            "num_elements=2-3 max_sites=20 limit=500)."
+        ),
     ] = None,
 ) -> None:
     """Structures, failures with reasons, class counts and imbalance ratio of a dataset or path."""
@@ -371,8 +375,11 @@ def featurize_command(
             if summary["kind"] == "graph"
             else [("features", f"{summary['n_features']:,}")]
         ),
-        ("flagged", f"{summary['flagged']:,}"
-         + "".join(f"\n  {name}: {count:,}" for name, count in summary["flag_counts"].items())),
+        (
+            "flagged",
+            f"{summary['flagged']:,}"
+            + "".join(f"\n  {name}: {count:,}" for name, count in summary["flag_counts"].items()),
+        ),
         ("seconds", f"{summary['seconds']:.2f}" + (" (from cache)" if summary["from_cache"] else "")),
         ("per second", f"{rate:,.0f}" if rate else "-"),
         ("path", summary["path"]),
@@ -701,6 +708,7 @@ def screen_command(
         import json
 
         typer.echo(json.dumps(result.to_dict(), indent=2))
+
 
 # === benchmark ===================================================================
 

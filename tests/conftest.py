@@ -34,9 +34,7 @@ def session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_matcard_env(
-    monkeypatch: pytest.MonkeyPatch, session_data_dir: Path, file_mirror: str
-) -> None:
+def _isolated_matcard_env(monkeypatch: pytest.MonkeyPatch, session_data_dir: Path, file_mirror: str) -> None:
     """Never touch the checkout's data/ or the network: cache in a temp dir, mirror = shared data."""
     monkeypatch.setenv("MATCARD_DATA_DIR", str(session_data_dir))
     monkeypatch.setenv("MATCARD_MIRROR", file_mirror)
@@ -44,7 +42,7 @@ def _isolated_matcard_env(
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
