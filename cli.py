@@ -13,7 +13,7 @@ from typing import Annotated, Optional  # noqa: F401  (Optional is used by comma
 import typer
 
 from matcard._version import __version__
-from matcard.console import console
+from matcard.console import console, print_wide
 from matcard.errors import MatcardError
 
 app = typer.Typer(
@@ -481,8 +481,7 @@ def reproduce_synthetic(
         paired = row.get("macro_f1_vs_ce")
         cells.append("" if paired is None else f"{paired:+.3f} ± {row['macro_f1_vs_ce_std']:.3f}")
         table.add_row(row["loss"], row["protocol"], *cells, str(row["n_seeds"]))
-    # logs and pipes get a wide table instead of Rich's 80-column default
-    console.print(table, width=None if console.is_terminal else max(console.width, 140))
+    print_wide(table, 140)
     console.print(
         f"{result.elapsed_s:.0f} s ({result.reused_jobs} finished runs reused); "
         f"wrote {', '.join(str(path) for path in result.files.values())}"
@@ -711,6 +710,86 @@ def screen_command(
 
 
 # === benchmark ===================================================================
+
+
+@app.command("benchmark")
+def benchmark_command(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="Study YAML (see configs/benchmarks/).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset of an ad-hoc study (or override).")] = None,
+    task: Annotated[str | None, typer.Option(help="Task of an ad-hoc study (or override).")] = None,
+    model: Annotated[str | None, typer.Option(help="Architecture: cgcnn, schnet, mlp.")] = None,
+    losses: Annotated[
+        str | None,
+        typer.Option(
+            help="With --config: labels of the entries to run. Without: losses to compare, "
+            "e.g. ce,focal,magnitude:mode=add (ce is added as the baseline when missing).",
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="A count (3: the study's first seed and the next ones) or 0,1,2.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every cell.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stratified subsample of the dataset.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Shared training setting for every cell: --set optim.lr=1e-3."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Cells trained at once (processes).")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output folder (default runs/benchmarks/<name>).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary rows as JSON.")] = False,
+) -> None:
+    """Compare losses on one task over seeds: same split per seed, paired against CE; resumable."""
+    import json
+    from pathlib import Path
+
+    from matcard import benchmark
+    from matcard.config import parse_assignment
+    from matcard.console import make_progress
+
+    try:
+        study = benchmark.study_from_options(
+            config, dataset=dataset, task=task, model=model, losses=losses, seeds=seeds,
+            epochs=epochs, limit=limit, assignments=[parse_assignment(a) for a in set_ or []],
+        )  # fmt: skip
+        destination = Path(out or f"runs/benchmarks/{study.name}")
+        with make_progress() as progress:
+            bar = progress.add_task(f"{study.name}: cells", total=None)
+
+            def on_start(total: int, pending: int) -> None:
+                progress.update(bar, total=total)
+                if total - pending:
+                    progress.console.print(f"{total - pending} of {total} cells already finished: reused")
+
+            def on_done(cell: benchmark.Cell, record: dict, reused: bool) -> None:
+                progress.update(bar, advance=1, description=f"{study.name}: {cell.label} seed {cell.seed}")
+                if not reused:
+                    test_f1 = record["test"]["macro_f1"]
+                    progress.console.print(
+                        f"  {cell.label} seed {cell.seed}: test macro-F1 {test_f1:.3f}, epoch "
+                        f"{record['selected_epoch']} of {record['epochs_run']}, {record['seconds']:.0f} s"
+                    )
+
+            result = benchmark.run_benchmark(
+                study, destination, workers=workers, on_cell_done=on_done, on_start=on_start
+            )
+    except MatcardError as error:
+        raise fail(error) from error
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished cells are kept; rerun the same command to continue")
+        raise typer.Exit(code=130) from None
+    print_wide(benchmark.rich_table(result), 170)
+    for line in benchmark.study_description(result):
+        console.print(f"  {line}")
+    console.print(
+        f"{result.trained_cells} cells trained, {result.reused_cells} reused, {result.elapsed_s:.0f} s; "
+        f"wrote {', '.join(str(path) for path in result.files.values())}"
+    )
+    if json_output:
+        typer.echo(json.dumps(benchmark.summary_for_json(result), indent=2))
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ CLI_OVERRIDES: dict[str, str] = {
 }
 
 
-def _format_validation_error(error: ValidationError, origin: str) -> ConfigError:
+def format_validation_error(error: ValidationError, origin: str) -> ConfigError:
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -180,7 +180,7 @@ def _format_validation_error(error: ValidationError, origin: str) -> ConfigError
     return ConfigError(f"invalid configuration{origin}: " + "; ".join(lines))
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
@@ -240,11 +240,11 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        _set_dotted(tree, CLI_OVERRIDES.get(key, key), value)
+        set_dotted(tree, CLI_OVERRIDES.get(key, key), value)
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as error:
-        raise _format_validation_error(error, origin) from None
+        raise format_validation_error(error, origin) from None
 
 
 def config_from_any(

@@ -29,3 +29,20 @@ def make_progress(transient: bool = False, disable: bool = False) -> Progress:
         transient=transient,
         disable=disable,
     )
+
+
+def print_wide(renderable: object, min_width: int = 160) -> None:
+    """Print a wide table whole: logs and pipes get ``min_width`` columns instead of Rich's 80.
+
+    ``Console.print(width=...)`` cannot exceed the console's own width, so the width is raised for
+    this one call when the output is not a terminal (a terminal keeps its real width).
+    """
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    previous = console.width
+    console.width = max(previous, min_width)
+    try:
+        console.print(renderable)
+    finally:
+        console.width = previous

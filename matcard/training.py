@@ -8,6 +8,7 @@ Run directory layout::
     RUN/checkpoints/           last.ckpt (resume) and best.ckpt (best validation macro-F1)
     RUN/model/                 self-describing bundle (matcard.bundle)
     RUN/metrics.json           ``val`` and ``test`` sections (matcard.metrics), from the best checkpoint
+    RUN/predictions.parquet    per-item val and test predictions (split, id, label, predicted, prob_<class>)
     RUN/confusion_matrix.png   test confusion matrix
     RUN/per_class_recall.png   per-class recall, val and test
     RUN/failures.csv           items that could not be read or featurized (only when there are any)
@@ -34,7 +35,7 @@ from matcard._version import __version__
 from matcard.config import TrainConfig, config_from_any, load_config
 from matcard.console import console, make_progress
 from matcard.errors import ConfigError, MatcardError, UsageError
-from matcard.fileio import atomic_write_json, atomic_write_text
+from matcard.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import lightning as L
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from matcard.bundle import TrainedModel
 
 MONITOR = "val_macro_f1"
+PREDICTIONS_FILE = "predictions.parquet"
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
@@ -454,7 +456,7 @@ def train(
     ):
         return _completed_result(config, run_dir)
 
-    _preflight(config)  # model / loss / featurizer settings fail here, before any data work
+    preflight(config)  # model / loss / featurizer settings fail here, before any data work
 
     if is_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -509,7 +511,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
 
 
-def _preflight(config: TrainConfig) -> None:
+def preflight(config: TrainConfig) -> None:
     """Validate what can be validated without data: model params, loss name/params, featurizer."""
     from matcard import losses
     from matcard.featurize import featurizer_from_config
@@ -779,10 +781,15 @@ def _fit_and_finish(
         },
     )
     trained = load_model(run_dir / "model", device="cpu")
+    from matcard.metrics import classification_metrics
+
     metrics: dict[str, Any] = {}
+    probabilities: dict[str, np.ndarray] = {}
     for name in ("val", "test"):
         graphs, y = data.subset(name)
-        metrics[name] = trained.evaluate_data(graphs, y, batch_size=trainer_cfg.eval_batch_size)
+        probabilities[name] = trained.predict_proba_data(graphs, batch_size=trainer_cfg.eval_batch_size)
+        metrics[name] = classification_metrics(y, probabilities[name], trained.class_names)
+    write_predictions(run_dir / PREDICTIONS_FILE, data, probabilities)
     metrics["meta"] = {
         "class_names": data.class_names,
         "train_class_counts": train_counts.tolist(),
@@ -795,6 +802,7 @@ def _fit_and_finish(
         "model": config.model.name,
         "loss": config.loss.name,
         "dataset": data.dataset_name,
+        "task": getattr(data.task, "name", config.data.task),
         "seed": trainer_cfg.seed,
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
@@ -822,6 +830,44 @@ def _fit_and_finish(
         best_epoch=best_epoch,
         failures=data.failures,
     )
+
+
+def write_predictions(path: Path, data: PreparedData, probabilities: dict[str, np.ndarray]) -> None:
+    """Per-item predictions of the bundle on each split: ``split, id, label, predicted, prob_<class>``.
+
+    Paired comparisons between runs (``matcard benchmark``'s bootstrap) need the items, not only the
+    aggregate metrics; the labels and class order are those of ``metrics.json``.
+    """
+    import pandas as pd
+
+    frames = []
+    for name, proba in probabilities.items():
+        index = data.split[name]
+        frame = pd.DataFrame(
+            {
+                "split": name,
+                "id": [data.ids[i] for i in index],
+                "label": [data.class_names[k] for k in data.y[index]],
+                "predicted": [data.class_names[k] for k in proba.argmax(axis=1)],
+            }
+        )
+        for column, class_name in enumerate(data.class_names):
+            frame[f"prob_{class_name}"] = proba[:, column]
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def read_predictions(run_dir: str | Path, split: str | None = "test") -> Any:
+    """The per-item predictions of a finished run (a DataFrame), of one split or (None) all."""
+    import pandas as pd
+
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise MatcardError(f"{path} is missing: the run did not finish (or predates per-item predictions)")
+    table = pd.read_parquet(path)
+    return table if split is None else table[table["split"] == split].reset_index(drop=True)
 
 
 def _in_dim(data: PreparedData) -> int:
