@@ -402,14 +402,17 @@ def _synthetic_settings(config: BenchmarkConfig, entry: LossEntry) -> dict[str, 
     fields = asdict(synthetic)
     for reserved in ("seeds", "losses", "protocols"):
         fields.pop(reserved)
+    # the effective settings (an entry's own lr / epochs replace the study's), so the cell key
+    # changes exactly when what the cell computes changes
+    for name in ("lr", "epochs"):
+        if entry.set.get(name) is not None:
+            fields[name] = entry.set[name]
     return {
         "synthetic": fields,
         "loss": entry.loss,
         "params": entry.params,
         "variant": variant,
         "optimizer": optimizer,
-        "lr": entry.set.get("lr"),
-        "epochs": entry.set.get("epochs"),
     }
 
 
@@ -483,7 +486,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         spec = settings["loss"] + (f"+{settings['variant']}" if settings["variant"] else "")
         run = reproduce.train_synthetic(
             synthetic, spec, cell.seed, "validation_selected", loss_params=settings["params"],
-            optimizer=settings["optimizer"], lr=settings["lr"], epochs=settings["epochs"],
+            optimizer=settings["optimizer"],
         )  # fmt: skip
         cell.directory.mkdir(parents=True, exist_ok=True)
         history = pd.DataFrame(run.records)
@@ -597,7 +600,7 @@ def _cost(cell: Cell) -> float:
         epochs = settings["trainer"]["epochs"]
     else:
         loss = settings["loss"]
-        epochs = settings["epochs"] or settings["synthetic"]["epochs"]
+        epochs = settings["synthetic"]["epochs"]
     return _COST.get(loss, 1.0) * float(epochs)
 
 

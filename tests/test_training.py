@@ -163,3 +163,21 @@ def test_evaluate_on_another_dataset_matches_classes_by_name(run, shared_data):
     assert set(result["metrics"]["per_class"]) == set(run.model.class_names)
     with pytest.raises(UsageError, match="split all"):
         evaluate(run.run_dir, dataset=str(shared_data / "alignn_sample_poscar"), progress=False)
+
+
+def test_per_item_predictions_reproduce_the_recorded_metrics(run):
+    from matcard.benchmark import prediction_arrays
+    from matcard.metrics import classification_metrics
+    from matcard.training import read_predictions
+
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    split = json.loads((run.run_dir / "splits" / "split.json").read_text())
+    for name in ("val", "test"):
+        frame = read_predictions(run.run_dir, name)
+        assert len(frame) == metrics[name]["n_samples"]
+        y, proba, class_names = prediction_arrays(frame)
+        assert class_names == metrics["meta"]["class_names"]
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+        assert (frame["predicted"] == [class_names[k] for k in proba.argmax(axis=1)]).all()
+        assert classification_metrics(y, proba, class_names) == metrics[name]
+        assert frame["id"].tolist() == split["ids"][name]  # the saved split's items, in its order
