@@ -59,7 +59,9 @@ LOWER_IS_BETTER = {"ece"}
 # what a synthetic cell may change besides the loss (the reference's own settings otherwise)
 SYNTHETIC_SETTINGS = ("optimizer", "lr", "epochs", "variant")
 # train-config fields a loss entry may not override: they define the shared split and the cell
-FORBIDDEN_OVERRIDES = ("data.", "trainer.seed", "out", "loss.")
+FORBIDDEN_OVERRIDES = ("data", "trainer.seed", "out", "loss")
+# SyntheticConfig fields a cell sets itself (one seed, one loss, the validation-selected protocol)
+_PER_CELL_SYNTHETIC_FIELDS = ("seeds", "losses", "protocols")
 # settings that do not change what a cell computes (left out of its key)
 _UNKEYED = ("out", "trainer.threads", "trainer.num_workers", "trainer.accelerator", "trainer.devices")
 STANDARD = "standard"  # in a study's loss list: every entry of STANDARD_ENTRIES
@@ -345,7 +347,7 @@ def _entry_train_config(config: BenchmarkConfig, entry: LossEntry, seed: int, th
     from matcard.training import preflight
 
     for key in entry.set:
-        if any(key == bad.rstrip(".") or key.startswith(bad) for bad in FORBIDDEN_OVERRIDES if bad):
+        if any(key == bad or key.startswith(f"{bad}.") for bad in FORBIDDEN_OVERRIDES):
             raise ConfigError(
                 f"losses[{entry.label}].set.{key}: a loss entry cannot change the data, the seed, the "
                 "output or the loss (use loss / params); every entry shares the same split"
@@ -377,11 +379,15 @@ def _synthetic_settings(config: BenchmarkConfig, entry: LossEntry) -> dict[str, 
             f"losses[{entry.label}].set: unknown {unknown}; "
             f"a synthetic cell accepts {list(SYNTHETIC_SETTINGS)}"
         )
-    bad_fields = sorted(set(config.synthetic) - set(reproduce.SyntheticConfig.__dataclass_fields__))
-    if bad_fields or {"seeds", "losses", "protocols"} & set(config.synthetic):
-        raise ConfigError(f"synthetic: unknown or reserved fields {bad_fields or ['seeds/losses/protocols']}")
-    synthetic = reproduce.SyntheticConfig(**config.synthetic)
-    synthetic.validate()
+    allowed = set(reproduce.SyntheticConfig.__dataclass_fields__) - set(_PER_CELL_SYNTHETIC_FIELDS)
+    unknown_fields = sorted(set(config.synthetic) - allowed)
+    if unknown_fields:
+        raise ConfigError(f"synthetic: unknown fields {unknown_fields}; allowed: {sorted(allowed)}")
+    try:
+        synthetic = reproduce.SyntheticConfig(**config.synthetic)
+        synthetic.validate()
+    except (TypeError, ValueError, UsageError) as error:
+        raise ConfigError(f"synthetic: {error}") from None
     variant = entry.set.get("variant")
     if variant is not None and variant not in reproduce.VARIANTS:
         raise ConfigError(f"losses[{entry.label}].set.variant: one of {reproduce.VARIANTS}, got {variant!r}")
@@ -400,7 +406,7 @@ def _synthetic_settings(config: BenchmarkConfig, entry: LossEntry) -> dict[str, 
     except ConfigError as error:
         raise ConfigError(f"losses[{entry.label}]: {error}") from None
     fields = asdict(synthetic)
-    for reserved in ("seeds", "losses", "protocols"):
+    for reserved in _PER_CELL_SYNTHETIC_FIELDS:
         fields.pop(reserved)
     # the effective settings (an entry's own lr / epochs replace the study's), so the cell key
     # changes exactly when what the cell computes changes

@@ -9,6 +9,7 @@ the dotted path of the offending field in the message (``trainer.epochs: ...``).
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -232,7 +233,7 @@ def load_config(
     ``overrides`` maps dotted paths (``"trainer.epochs"``) or CLI short names (``"epochs"``) to
     values; ``None`` values are ignored (options the user did not give).
     """
-    tree: dict[str, Any] = dict(base or {})
+    tree: dict[str, Any] = copy.deepcopy(base or {})  # overrides must never write into the caller's dict
     origin = ""
     if path is not None:
         tree = _deep_merge(tree, read_yaml(path))

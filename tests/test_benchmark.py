@@ -184,6 +184,29 @@ def test_train_entries_are_checked_against_the_training_config():
         )
 
 
+def test_an_entry_changes_only_its_own_cells():
+    study = benchmark.load_benchmark_config(
+        overrides={
+            "name": "t",
+            "train": {"data": {"dataset": "aflow-prototypes"}, "trainer": {"epochs": 3}},
+            "seeds": [0, 1],
+            "losses": ["ce", {"label": "long", "loss": "ce", "set": {"trainer.epochs": 9}}, "focal"],
+        }
+    )
+    epochs = {
+        (c.label, c.seed): c.settings["trainer"]["epochs"] for c in benchmark.plan_cells(study, Path("x"))
+    }
+    assert epochs == {
+        ("ce", 0): 3,
+        ("ce", 1): 3,
+        ("long", 0): 9,
+        ("long", 1): 9,
+        ("focal", 0): 3,
+        ("focal", 1): 3,
+    }
+    assert study.train == {"data": {"dataset": "aflow-prototypes"}, "trainer": {"epochs": 3}}
+
+
 # every loss the issue asks each study to compare (labels of configs/benchmarks/*.yaml)
 REQUIRED_LABELS = {
     "ce", "weighted_ce", "focal", "class_balanced", "ldam_drw", "logit_adjusted", "balanced_softmax",

@@ -99,3 +99,12 @@ def test_config_from_any_accepts_objects_dicts_and_paths(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("trainer:\n  epochs: 6\n")
     assert config_from_any(path).trainer.epochs == 6
+
+
+def test_overrides_never_write_into_the_callers_base():
+    base = {"trainer": {"epochs": 5}, "optim": {"lr": 0.01}}
+    first = load_config(base=base, overrides={"trainer.epochs": 50, "optim.lr": 0.5})
+    second = load_config(base=base)
+    assert (first.trainer.epochs, first.optim.lr) == (50, 0.5)
+    assert (second.trainer.epochs, second.optim.lr) == (5, 0.01)
+    assert base == {"trainer": {"epochs": 5}, "optim": {"lr": 0.01}}
