@@ -90,7 +90,13 @@ STANDARD_ENTRIES: list[dict[str, Any]] = [
         "label": "magnitude_add",
         "loss": "magnitude",
         "params": {"mode": "add"},
-        "note": "CE + lambda magnitude",
+        "note": "CE + (magnitude - 1), lam 1",
+    },
+    {
+        "label": "magnitude_add_lam0.1",
+        "loss": "magnitude",
+        "params": {"mode": "add", "lam": 0.1},
+        "note": "CE + 0.1 (magnitude - 1)",
     },
     {"label": "spread", "loss": "spread", "note": "replace, t = 1"},
 ]
@@ -1130,8 +1136,11 @@ def _pyplot() -> Any:
 
 
 def _save(figure: Any, path: Path) -> None:
+    """Lay out, write atomically, and free the figure."""
+    figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    _pyplot().close(figure)
 
 
 def plot_metrics(result: BenchmarkResult, path: Path) -> None:
@@ -1159,9 +1168,7 @@ def plot_metrics(result: BenchmarkResult, path: Path) -> None:
         axis.invert_yaxis()
         axis.grid(axis="x", alpha=0.3)
     figure.suptitle(f"{result.config.name}: test metrics, mean ± std over seeds {result.config.seeds}")
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_recall_heatmap(result: BenchmarkResult, path: Path) -> None:
@@ -1192,9 +1199,7 @@ def plot_recall_heatmap(result: BenchmarkResult, path: Path) -> None:
                 )  # fmt: skip
     figure.colorbar(image, ax=axis, label="test recall (mean over seeds)")
     axis.set_title(f"{result.config.name}: per-class recall")
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_paired(result: BenchmarkResult, path: Path) -> None:
@@ -1222,15 +1227,13 @@ def plot_paired(result: BenchmarkResult, path: Path) -> None:
         axis.scatter(values, positions, color=colours, zorder=3)
         axis.axvline(0.0, color="black", linewidth=0.8)
         axis.set_yticks(positions, labels)
-        axis.invert_yaxis()
         axis.grid(axis="x", alpha=0.3)
         axis.set_title(f"Δ {METRIC_TITLES[metric]} vs {result.config.baseline}")
+    np.atleast_1d(axes)[0].invert_yaxis()  # the panels share the y axis: invert it once
     figure.suptitle(
         f"{result.config.name}: paired differences, {result.config.bootstrap.confidence:.0%} bootstrap CI"
     )
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def summary_for_json(result: BenchmarkResult) -> list[dict[str, Any]]:
