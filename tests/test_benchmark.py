@@ -393,3 +393,27 @@ def test_killed_benchmark_resumes_and_keeps_finished_cells(tmp_path):
     assert f"{finished} of 6 cells already finished: reused" in rerun.stderr
     assert [row["loss"] for row in json.loads(rerun.stdout)] == ["ce", "focal", "magnitude"]
     assert len(list(out.glob("cells/*/*/cell.json"))) == 6
+
+
+def test_publish_docs_replaces_only_the_marked_blocks(synthetic_run, tmp_path):
+    import importlib.util
+
+    _, out = synthetic_run
+    spec = importlib.util.spec_from_file_location("publish_docs", REPO / "benchmarks" / "publish_docs.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    runs = tmp_path / "runs"
+    (runs / "tiny").mkdir(parents=True)
+    for name in ("table.md", "metrics.png", "paired_vs_baseline.png"):
+        (runs / "tiny" / name).write_bytes((out / name).read_bytes())
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = "# Page\n\nReading stays.\n\n<!-- study:tiny -->\nold table\n<!-- /study:tiny -->\n\nEnd.\n"
+    (docs / "benchmarks.md").write_text(page)
+    assert publish.main(["--runs", str(runs), "--docs", str(docs)]) == 0
+    text = (docs / "benchmarks.md").read_text()
+    assert "old table" not in text and "Reading stays." in text and text.endswith("End.\n")
+    assert "| `magnitude` |" in text and "(benchmarks/tiny-metrics.png)" in text
+    assert (docs / "benchmarks" / "tiny-metrics.png").read_bytes() == (out / "metrics.png").read_bytes()
+    assert publish.main(["--runs", str(runs), "--docs", str(docs)]) == 0
+    assert (docs / "benchmarks.md").read_text() == text  # idempotent
