@@ -24,6 +24,7 @@ import io
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -832,31 +833,41 @@ def _fit_and_finish(
     )
 
 
+def prediction_table(
+    split: str, ids: Sequence[str], y: np.ndarray, proba: np.ndarray, class_names: Sequence[str]
+) -> Any:
+    """``split, id, label, predicted, prob_<class>`` rows (a DataFrame) for items with labels ``y``."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "split": split,
+            "id": [str(i) for i in ids],
+            "label": [class_names[k] for k in y],
+            "predicted": [class_names[k] for k in proba.argmax(axis=1)],
+        }
+    )
+    for column, class_name in enumerate(class_names):
+        frame[f"prob_{class_name}"] = proba[:, column]
+    return frame
+
+
 def write_predictions(path: Path, data: PreparedData, probabilities: dict[str, np.ndarray]) -> None:
-    """Per-item predictions of the bundle on each split: ``split, id, label, predicted, prob_<class>``.
+    """Per-item predictions of the bundle on each split (``prediction_table`` rows), atomically.
 
     Paired comparisons between runs (``matcard benchmark``'s bootstrap) need the items, not only the
     aggregate metrics; the labels and class order are those of ``metrics.json``.
     """
     import pandas as pd
 
-    frames = []
-    for name, proba in probabilities.items():
-        index = data.split[name]
-        frame = pd.DataFrame(
-            {
-                "split": name,
-                "id": [data.ids[i] for i in index],
-                "label": [data.class_names[k] for k in data.y[index]],
-                "predicted": [data.class_names[k] for k in proba.argmax(axis=1)],
-            }
+    frames = [
+        prediction_table(
+            name, [data.ids[i] for i in data.split[name]], data.y[data.split[name]], proba, data.class_names
         )
-        for column, class_name in enumerate(data.class_names):
-            frame[f"prob_{class_name}"] = proba[:, column]
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
+        for name, proba in probabilities.items()
+    ]
     with atomic_path(path) as tmp:
-        table.to_parquet(tmp, index=False)
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
 
 
 def read_predictions(run_dir: str | Path, split: str | None = "test") -> Any:
