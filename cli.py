@@ -736,6 +736,10 @@ def benchmark_command(
         list[str] | None,
         typer.Option("--set", help="Shared training setting for every cell: --set optim.lr=1e-3."),
     ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Compare against this entry instead (files get the suffix -vs-LABEL)."),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Cells trained at once (processes).")] = None,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output folder (default runs/benchmarks/<name>).")
@@ -753,7 +757,8 @@ def benchmark_command(
     try:
         study = benchmark.study_from_options(
             config, dataset=dataset, task=task, model=model, losses=losses, seeds=seeds,
-            epochs=epochs, limit=limit, assignments=[parse_assignment(a) for a in set_ or []],
+            epochs=epochs, limit=limit, baseline=baseline,
+            assignments=[parse_assignment(a) for a in set_ or []],
         )  # fmt: skip
         destination = Path(out or f"runs/benchmarks/{study.name}")
         with make_progress() as progress:
@@ -774,8 +779,9 @@ def benchmark_command(
                     )
 
             result = benchmark.run_benchmark(
-                study, destination, workers=workers, on_cell_done=on_done, on_start=on_start
-            )
+                study, destination, workers=workers, on_cell_done=on_done, on_start=on_start,
+                output_suffix=f"-vs-{baseline}" if baseline else "",
+            )  # fmt: skip
     except MatcardError as error:
         raise fail(error) from error
     except KeyboardInterrupt:

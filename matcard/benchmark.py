@@ -232,6 +232,7 @@ def study_from_options(
     seeds: str | None = None,
     epochs: int | None = None,
     limit: int | None = None,
+    baseline: str | None = None,
     assignments: Sequence[tuple[str, Any]] = (),
 ) -> BenchmarkConfig:
     """The study ``matcard benchmark`` runs: a YAML study with command-line changes, or an ad-hoc
@@ -241,7 +242,7 @@ def study_from_options(
     (``ce,focal,magnitude:mode=add``; ce is added as the baseline). ``seeds`` is a count (the
     study's first seed and the next ones) or a list (``0,1,2``, ``0-2``). ``dataset``, ``task``,
     ``model``, ``epochs``, ``limit`` and ``assignments`` (dotted TrainConfig paths) change the
-    settings shared by every cell.
+    settings shared by every cell; ``baseline`` names the entry the paired differences refer to.
     """
     from matcard.config import read_yaml, set_dotted
 
@@ -278,6 +279,8 @@ def study_from_options(
     if seeds is not None:
         first = (tree.get("seeds") or [0])[0]
         tree["seeds"] = parse_seed_option(seeds, first)
+    if baseline is not None:
+        tree["baseline"] = baseline
     study = _validated(tree, origin)
     if losses is not None and path is not None:
         study = select_losses(study, [name.strip() for name in losses.split(",") if name.strip()])
@@ -307,7 +310,7 @@ def select_losses(config: BenchmarkConfig, labels: Sequence[str]) -> BenchmarkCo
     unknown = [label for label in labels if label not in known]
     if unknown:
         raise UsageError(f"--losses: the study {config.name!r} has no entry {unknown}; its labels: {known}")
-    keep = set(labels) | {config.baseline}
+    keep = set(labels) | {config.baseline}  # the baseline is always run
     return config.model_copy(update={"losses": [e for e in config.losses if e.label in keep]})
 
 
@@ -636,8 +639,12 @@ def run_benchmark(
     workers: int | None = None,
     on_cell_done: Callable[[Cell, dict[str, Any], bool], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    output_suffix: str = "",
 ) -> BenchmarkResult:
     """Run (or resume) every cell, then summarise and write CSV, JSON, markdown and plots.
+
+    ``output_suffix`` goes into the names of the summary files (``table-vs-ce_tuned.md``), so a
+    comparison against another baseline does not replace the study's own tables.
 
     ``on_start(total, pending)`` is called once the plan is known; ``on_cell_done(cell, record,
     reused)`` after each finished (or reused) cell.
@@ -696,7 +703,7 @@ def run_benchmark(
     result.reused_cells = len(cells) - len(pending)
     result.trained_cells = len(pending)
     result.workers = n_workers if pending else workers or config.workers
-    result.files = write_outputs(result, cells)
+    result.files = write_outputs(result, cells, output_suffix)
     return result
 
 
@@ -1085,20 +1092,22 @@ def rich_table(result: BenchmarkResult) -> Any:
     return table
 
 
-def write_outputs(result: BenchmarkResult, cells: Sequence[Cell]) -> dict[str, Path]:
-    """summary.csv, per_seed.csv, results.json, table.md and the plots (all atomic)."""
+def write_outputs(result: BenchmarkResult, cells: Sequence[Cell], suffix: str = "") -> dict[str, Path]:
+    """summary.csv, per_seed.csv, results.json, table.md and the plots (all atomic; ``suffix`` is
+    added to each name)."""
     import pandas as pd
 
     out = result.out_dir
-    files = {
-        "summary": out / "summary.csv",
-        "per_seed": out / "per_seed.csv",
-        "json": out / "results.json",
-        "table": out / "table.md",
-        "metrics_plot": out / "metrics.png",
-        "recall_plot": out / "per_class_recall.png",
-        "paired_plot": out / "paired_vs_baseline.png",
+    names = {
+        "summary": "summary.csv",
+        "per_seed": "per_seed.csv",
+        "json": "results.json",
+        "table": "table.md",
+        "metrics_plot": "metrics.png",
+        "recall_plot": "per_class_recall.png",
+        "paired_plot": "paired_vs_baseline.png",
     }
+    files = {key: out / f"{Path(name).stem}{suffix}{Path(name).suffix}" for key, name in names.items()}
     summary = pd.DataFrame(result.summary)
     for metric in PAIRED_METRICS:
         column = f"{metric}_vs_baseline_ci"

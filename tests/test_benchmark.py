@@ -417,3 +417,19 @@ def test_publish_docs_replaces_only_the_marked_blocks(synthetic_run, tmp_path):
     assert (docs / "benchmarks" / "tiny-metrics.png").read_bytes() == (out / "metrics.png").read_bytes()
     assert publish.main(["--runs", str(runs), "--docs", str(docs)]) == 0
     assert (docs / "benchmarks.md").read_text() == text  # idempotent
+
+
+def test_another_baseline_reuses_every_cell_and_keeps_the_studys_tables(synthetic_run):
+    result, out = synthetic_run
+    table = (out / "table.md").read_text()
+    other = result.config.model_copy(update={"baseline": "ce_adam"})
+    against = benchmark.run_benchmark(other, out, output_suffix="-vs-ce_adam")
+    assert against.trained_cells == 0
+    assert (out / "table.md").read_text() == table
+    text = (out / "table-vs-ce_adam.md").read_text()
+    assert "Δ macro-F1 vs ce_adam" in text and "| `ce_adam` |" in text
+    rows = {row["loss"]: row for row in against.summary}
+    assert rows["ce_adam"]["macro_f1_vs_baseline"] == 0.0
+    # the paired difference simply changes sign when the two losses swap roles
+    before = {row["loss"]: row for row in result.summary}["ce_adam"]["macro_f1_vs_baseline"]
+    assert rows["ce"]["macro_f1_vs_baseline"] == pytest.approx(-before)
