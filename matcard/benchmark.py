@@ -118,7 +118,7 @@ class LossEntry(_Section):
         description="train studies: dotted TrainConfig overrides (optim.lr, trainer.epochs, "
         "sampler.name, ...); synthetic studies: optimizer, lr, epochs, variant",
     )
-    note: str = Field("", description="one line on what this entry is (shown in the table)")
+    note: str = Field("", description="one line on what this entry is (kept in summary.csv / results.json)")
 
     @field_validator("label")
     @classmethod
@@ -858,6 +858,7 @@ def summarise(
             per_seed.append(row)
 
     baseline_predictions = {s: _cell_predictions(cell_of[(config.baseline, s)]) for s in config.seeds}
+    baseline_rows = {r["seed"]: r for r in per_seed if r["loss"] == config.baseline}
     summary: list[dict[str, Any]] = []
     for entry in config.losses:
         rows = [r for r in per_seed if r["loss"] == entry.label]
@@ -870,14 +871,13 @@ def summarise(
             values = [r[f"recall_{name}"] for r in rows if r[f"recall_{name}"] is not None]
             row[f"recall_{name}"] = float(np.mean(values)) if values else None
         row["n_seeds"] = len(rows)
-        baseline_rows = {r["seed"]: r for r in per_seed if r["loss"] == config.baseline}
-        pairs = []
-        for seed in config.seeds:
-            y, proba = _cell_predictions(cell_of[(entry.label, seed)])
-            _, proba_base = baseline_predictions[seed]
-            pairs.append((y, proba.argmax(axis=1), proba_base.argmax(axis=1)))
         intervals = {name: (0.0, 0.0) for name in PAIRED_METRICS}
         if entry.label != config.baseline:
+            pairs = []
+            for seed in config.seeds:
+                y, proba = _cell_predictions(cell_of[(entry.label, seed)])
+                _, proba_base = baseline_predictions[seed]
+                pairs.append((y, proba.argmax(axis=1), proba_base.argmax(axis=1)))
             intervals = paired_bootstrap(
                 pairs,
                 len(class_names),

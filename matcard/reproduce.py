@@ -253,14 +253,12 @@ def train_synthetic(
     *,
     loss_params: dict[str, Any] | None = None,
     optimizer: str = "sgd",
-    lr: float | None = None,
-    epochs: int | None = None,
 ) -> SyntheticRun:
     """Train one MLP of the reference experiment.
 
-    ``spec`` is a loss name, optionally with a sampler variant (``ce+smote``). The defaults are the
-    reference's (plain SGD at ``config.lr`` for ``config.epochs``); ``loss_params``, ``optimizer``
-    ("sgd" or "adam"), ``lr`` and ``epochs`` let a study run variants and tuned baselines.
+    ``spec`` is a loss name, optionally with a sampler variant (``ce+smote``); training runs for
+    ``config.epochs`` at ``config.lr``. The defaults are the reference's (plain SGD);
+    ``loss_params`` and ``optimizer`` ("sgd" or "adam") let a study run variants and tuned baselines.
     """
     import torch
     from torch import nn
@@ -272,8 +270,7 @@ def train_synthetic(
         raise UsageError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     torch.set_num_threads(1)
     loss_name, variant = _split_spec(spec)
-    n_epochs = config.epochs if epochs is None else int(epochs)
-    step_size = config.lr if lr is None else float(lr)
+    n_epochs, step_size = config.epochs, config.lr
     data = make_synthetic(config, seed)
     if protocol == "best_over_epochs":
         X_train, y_train = data["X_train"], data["y_train"]
