@@ -40,7 +40,7 @@ def _results(seqs: list[int], prefix: str = "s") -> pa.Table:
 
 def _errors(seqs: list[int]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"seq": s, "id": "", "source": f"bad{s}.cif", "reason": "parse error"} for s in seqs],
+        [{"seq": s, "id": "", "source": f"bad{s}.cif", "reason": "parse error", "detail": ""} for s in seqs],
         schema=ERROR_SCHEMA,
     )
 
