@@ -343,3 +343,16 @@ def test_in_memory_structures_and_isolated_atoms(seeded_bundle: Path) -> None:
     assert any(flag.startswith("cutoff_grown:8") for flag in sparse_flags)
     assert any(flag.startswith("volume_per_atom_out_of_range") for flag in sparse_flags)
     assert not any(flag.startswith("volume_per_atom") for flag in dense_flags)
+
+
+def test_featurize_failures_are_plain_reasons_with_the_raw_detail(seeded_bundle: Path) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    fine = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0, 0, 0.001]])
+    result = screen(seeded_bundle, [fine, overlapping], None, progress=False)
+    assert result.n_predicted == 1 and result.n_failed == 1
+    error = result.errors.iloc[0]
+    assert error["reason"].startswith("cannot featurize: ") and "apart" in error["reason"]
+    assert error["detail"].startswith("FeaturizationError: ")
+    assert result.failure_reasons == {error["reason"]: 1}  # the whole reason, colons included
