@@ -676,7 +676,7 @@ def screen_command(
 ) -> None:
     """Predict every input structure; rank a class; resume after interruption; scale out on Dask."""
     from matcard.screening import screen
-    from matcard.screening.report import summary_table
+    from matcard.screening.report import nothing_predicted, summary_table
 
     try:
         result = screen(
@@ -707,6 +707,10 @@ def screen_command(
         import json
 
         typer.echo(json.dumps(result.to_dict(), indent=2))
+    failed = nothing_predicted(result)
+    if failed is not None:  # a screen that predicted nothing is a failed run
+        console.print(f"[bold red]error:[/] {failed}")
+        raise typer.Exit(code=1)
 
 
 # === benchmark ===================================================================

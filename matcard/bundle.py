@@ -8,6 +8,11 @@ A bundle is a directory (``RUN/model/``) with two files:
   provenance (dataset, seed, loss).
 - ``weights.pt``: the model's ``state_dict`` (tensors only; loaded with ``weights_only=True``).
 
+``bundle.json`` also records the sha256 of ``weights.pt`` and of each field that defines behaviour
+(see matcard.bundle_schema); loading checks them, so an edited or replaced bundle fails naming the
+field or file. Format 1 bundles (written before checksums) load with ``verified = False`` and an
+``UnverifiedBundleWarning``; ``add_checksums(path)`` upgrades one in place.
+
 ``load_model(path)`` accepts the bundle directory, a run directory containing ``model/``, or the
 ``bundle.json`` file itself.
 """
@@ -15,8 +20,11 @@ A bundle is a directory (``RUN/model/``) with two files:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import pickle
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +32,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matcard._version import __version__
-from matcard.errors import MatcardError, UsageError
+from matcard.bundle_schema import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    CHECKED_FIELDS,
+    LEGACY_FORMAT,
+    WEIGHTS_FILE,
+    canonical_json,
+    check_file,
+    seal,
+    validate_info,
+    verify_checksums,
+)
+from matcard.errors import BundleError, ConfigError, UsageError, plain_reason
 from matcard.fileio import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
@@ -32,9 +52,9 @@ if TYPE_CHECKING:
     import torch
     from torch_geometric.data import Data
 
-BUNDLE_FORMAT = 1
-BUNDLE_FILE = "bundle.json"
-WEIGHTS_FILE = "weights.pt"
+
+class UnverifiedBundleWarning(UserWarning):
+    """A bundle without checksums (format 1) was loaded: edits to it cannot be detected."""
 
 
 def task_to_dict(task: Any) -> dict[str, Any] | None:
@@ -77,23 +97,50 @@ class TrainedModel:
     not be featurized; its probabilities are then NaN).
     """
 
-    def __init__(self, model: torch.nn.Module, info: dict[str, Any], path: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: dict[str, Any],
+        path: Path | None = None,
+        *,
+        featurizer: Any = None,
+        verified: bool = True,
+    ) -> None:
         from matcard.featurize import featurizer_from_config
 
         self.model = model.eval()
         self.info = info
         self.path = path
+        self.verified = verified  # False: a bundle without checksums, loaded as is
         self.class_names: list[str] = list(info["class_names"])
         self.class_counts: list[int] = list(info.get("class_counts") or [])
         self.training_stats: dict[str, Any] = dict(info.get("training_stats") or {})
-        self.featurizer = featurizer_from_config(info["featurizer"])
+        self.featurizer = featurizer if featurizer is not None else featurizer_from_config(info["featurizer"])
         self.task = task_from_dict(info.get("task"))
         self.model_name: str = info["model"]["name"]
+        self._content_hash: str | None = None
 
     # --- info ---------------------------------------------------------------------------------
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over the behaviour-defining settings and the weights (identifies the model's content)."""
+        import torch
+
+        if self._content_hash is None:
+            digest = hashlib.sha256(
+                canonical_json({k: self.info.get(k) for k in CHECKED_FIELDS if k != "files"})
+            )
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                flat = tensor.detach().cpu().contiguous().reshape(-1)
+                digest.update(str(tensor.dtype).encode())
+                digest.update(flat.view(torch.uint8).numpy().tobytes())  # any dtype, bfloat16 too
+            self._content_hash = digest.hexdigest()
+        return self._content_hash
 
     @property
     def device(self) -> torch.device:
@@ -133,31 +180,36 @@ class TrainedModel:
         logits = self.predict_logits_data(graphs, batch_size)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
-    def featurize(self, items: Iterable[Any]) -> tuple[list[str], list[Data | None], list[str | None]]:
-        """Ids, features (None where it failed) and failure reasons for arbitrary inputs."""
+    def featurize(
+        self, items: Iterable[Any]
+    ) -> tuple[list[str], list[Data | None], list[str | None], list[str | None]]:
+        """Ids, features (None where it failed), plain failure reasons and their raw details."""
         ids: list[str] = []
         graphs: list[Data | None] = []
         errors: list[str | None] = []
-        for index, item in enumerate(_expand_items(items)):
-            item_id, payload, error = _identify(item, index)
+        details: list[str | None] = []
+        takes_formulas = self.info["featurizer"].get("kind") == "composition"
+        for index, item in enumerate(_expand_items(items, takes_formulas)):
+            item_id, payload, error, detail = _identify(item, index)
             ids.append(item_id)
-            if error is not None:
-                graphs.append(None)
-                errors.append(error)
-                continue
-            try:
-                graphs.append(self.featurizer(payload))
-                errors.append(None)
-            except Exception as exc:  # per-item failure: report it, keep going
-                graphs.append(None)
-                errors.append(f"{type(exc).__name__}: {exc}")
-        return ids, graphs, errors
+            if error is None:
+                try:
+                    graphs.append(self.featurizer(payload))
+                    errors.append(None)
+                    details.append(None)
+                    continue
+                except Exception as exc:  # per-item failure: report it, keep going
+                    error, detail = plain_reason(exc)
+            graphs.append(None)
+            errors.append(error)
+            details.append(detail)
+        return ids, graphs, errors, details
 
     def predict(self, items: Iterable[Any], batch_size: int = 256) -> pd.DataFrame:
         """Predicted class and per-class probabilities for each input (see class docstring)."""
         import pandas as pd
 
-        ids, graphs, errors = self.featurize(items)
+        ids, graphs, errors, details = self.featurize(items)
         ok = [i for i, g in enumerate(graphs) if g is not None]
         proba = np.full((len(ids), self.n_classes), np.nan, dtype=np.float64)
         if ok:
@@ -170,6 +222,7 @@ class TrainedModel:
         for c, name in enumerate(self.class_names):
             frame[f"prob_{name}"] = proba[:, c]
         frame["error"] = errors
+        frame["detail"] = details
         return frame
 
     def screen(self, inputs: Any, out: str | Path | None = None, **options: Any) -> Any:
@@ -195,28 +248,44 @@ class TrainedModel:
         )
 
 
-def _expand_items(items: Iterable[Any]) -> Iterable[Any]:
-    """Paths are read with matcard's structure readers; everything else passes through."""
+def _expand_items(items: Iterable[Any], takes_formulas: bool = False) -> Iterable[Any]:
+    """Paths are read with matcard's structure readers; everything else passes through.
+
+    A string that names no file is a missing path (reported with the path as its id), except
+    for composition models, which take formulas: there only strings that look like paths are.
+    """
+    from matcard.structures import ReadFailure
+
     if isinstance(items, str | Path) or not isinstance(items, Iterable):
         items = [items]
     for item in items:
-        if isinstance(item, Path) or (isinstance(item, str) and Path(item).exists()):
+        is_path = isinstance(item, os.PathLike) or (
+            isinstance(item, str) and (Path(item).exists() or not takes_formulas or _looks_like_path(item))
+        )
+        if not is_path:
+            yield item
+        elif not Path(item).exists():
+            yield ReadFailure(os.fspath(item), "file not found")
+        else:
             from matcard.structures import read_structures
 
             result = read_structures(item)
             yield from result.records
             yield from result.failures
-        else:
-            yield item
 
 
-def _identify(item: Any, index: int) -> tuple[str, Any, str | None]:
-    """(id, what to featurize, error) for one input item."""
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or bool(Path(text).suffix)
+
+
+def _identify(item: Any, index: int) -> tuple[str, Any, str | None, str | None]:
+    """(id, what to featurize, plain error, raw detail) for one input item."""
     if hasattr(item, "reason") and hasattr(item, "source") and not hasattr(item, "structure"):
-        return str(item.source), None, f"read failure: {item.reason}"  # a ReadFailure
+        detail = getattr(item, "detail", None) or None  # ReadFailure.detail where the reader has one
+        return str(item.source), None, str(item.reason), detail
     if hasattr(item, "structure") and hasattr(item, "id"):
-        return str(item.id), item.structure, None  # a StructureRecord
-    return str(index), item, None
+        return str(item.id), item.structure, None, None  # a StructureRecord
+    return str(index), item, None, None
 
 
 # --- save / load -------------------------------------------------------------------------------
@@ -254,8 +323,24 @@ def save_bundle(
         "training_stats": training_stats or {},
         "provenance": provenance or {},
     }
-    atomic_write_json(directory / BUNDLE_FILE, info)
+    atomic_write_json(directory / BUNDLE_FILE, seal(info, directory))
     return directory
+
+
+def add_checksums(path: str | Path) -> Path:
+    """Upgrade a format-1 bundle in place: record its current files and settings as the reference.
+
+    Only for bundles you trust as they are now; a format-2 bundle is verified and left unchanged.
+    """
+    bundle_dir = resolve_bundle_dir(path)
+    raw = _read_info(bundle_dir)
+    if int(raw.get("format", 0)) >= BUNDLE_FORMAT:
+        load_model(bundle_dir)  # verifies it
+        return bundle_dir
+    validate_info(raw, bundle_dir / BUNDLE_FILE)
+    check_file(bundle_dir / WEIGHTS_FILE, None)
+    atomic_write_json(bundle_dir / BUNDLE_FILE, seal(raw, bundle_dir))
+    return bundle_dir
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
@@ -271,40 +356,108 @@ def resolve_bundle_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | None = "cpu") -> TrainedModel:
-    """Restore a TrainedModel from a bundle (or a run) directory; no original config needed."""
-    import torch
+    """Restore a TrainedModel from a bundle (or a run) directory; no original config needed.
 
-    from matcard.models import build_model
-
+    Raises BundleError (exit 1) naming the field or file when ``bundle.json`` is invalid, a
+    checksum does not match, or ``weights.pt`` is missing, empty, truncated or unreadable.
+    """
     bundle_dir = resolve_bundle_dir(path)
-    try:
-        info = json.loads((bundle_dir / BUNDLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise MatcardError(f"cannot read {bundle_dir / BUNDLE_FILE}: {error}") from error
-    if int(info.get("format", 0)) > BUNDLE_FORMAT:
-        raise MatcardError(
-            f"{bundle_dir} was written by a newer matcard (bundle format {info['format']}, "
-            f"this version reads up to {BUNDLE_FORMAT}); upgrade matcard"
+    raw = _read_info(bundle_dir)
+    info = validate_info(raw, bundle_dir / BUNDLE_FILE)
+    verified = info.format > LEGACY_FORMAT
+    if verified:
+        verify_checksums(info, raw, bundle_dir)
+    else:
+        warnings.warn(
+            f"{bundle_dir} has no checksums (bundle format {info.format}): edits to it cannot be "
+            "detected; matcard.bundle.add_checksums(path) records them",
+            UnverifiedBundleWarning,
+            stacklevel=2,
         )
-    model_info = info["model"]
-    model = build_model(
-        model_info["name"], model_info["in_dim"], len(info["class_names"]), **model_info["params"]
-    )
-    weights = bundle_dir / WEIGHTS_FILE
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise MatcardError(f"cannot read weights {weights}: {error}") from error
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise MatcardError(
-            f"weights in {weights} do not fit the model described in {BUNDLE_FILE}: {error}"
-        ) from error
-    trained = TrainedModel(model, info, bundle_dir)
+    featurizer = _build_featurizer(raw, bundle_dir)
+    model = _build_model(info, bundle_dir)
+    _load_weights(model, bundle_dir / WEIGHTS_FILE, info.files.get(WEIGHTS_FILE) if info.files else None)
+    trained = TrainedModel(model, raw, bundle_dir, featurizer=featurizer, verified=verified)
     if device is not None:
         trained.to(_resolve_device(device))
     return trained
+
+
+def _read_info(bundle_dir: Path) -> dict[str, Any]:
+    """bundle.json as a dict, refusing a newer format before its schema is applied."""
+    where = bundle_dir / BUNDLE_FILE
+    try:
+        raw = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"cannot read {where}: {error}", field=BUNDLE_FILE) from error
+    if isinstance(raw, dict) and isinstance(raw.get("format"), int) and raw["format"] > BUNDLE_FORMAT:
+        raise BundleError(
+            f"{bundle_dir} was written by a newer matcard (bundle format {raw['format']}, "
+            f"this version reads up to {BUNDLE_FORMAT}); upgrade matcard",
+            field="format",
+        )
+    if not isinstance(raw, dict):
+        validate_info(raw, where)  # raises, naming the problem
+    return raw
+
+
+def _build_featurizer(raw: dict[str, Any], bundle_dir: Path) -> Any:
+    from matcard.featurize import featurizer_from_config
+
+    try:
+        return featurizer_from_config(raw["featurizer"])
+    except ConfigError as error:
+        field = str(error).split(":", 1)[0]
+        raise BundleError(f"{bundle_dir / BUNDLE_FILE}: field '{field}': {error}", field=field) from error
+
+
+def _build_model(info: Any, bundle_dir: Path) -> torch.nn.Module:
+    from matcard.models import build_model
+
+    try:
+        return build_model(info.model.name, info.model.in_dim, len(info.class_names), **info.model.params)
+    except ConfigError as error:
+        field = str(error).split(":", 1)[0]
+        raise BundleError(f"{bundle_dir / BUNDLE_FILE}: {error}", field=field) from error
+    except TypeError as error:  # a parameter the architecture does not take
+        raise BundleError(
+            f"{bundle_dir / BUNDLE_FILE}: field 'model.params': {error}", field="model.params"
+        ) from error
+
+
+def _load_weights(model: torch.nn.Module, weights: Path, entry: Any) -> None:
+    """Load ``weights.pt`` (tensors only) into ``model``, saying plainly what is wrong with it."""
+    import torch
+
+    check_file(weights, entry)  # missing, empty, truncated, checksum mismatch
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BundleError(
+            f"cannot read weights {weights}: it holds objects other than tensors, which matcard "
+            f"refuses to unpickle ({str(error).splitlines()[0][:200]})",
+            field=WEIGHTS_FILE,
+        ) from error
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise BundleError(
+            f"cannot read weights {weights}: not a readable PyTorch weights file (truncated or "
+            f"corrupt?): {reason}",
+            field=WEIGHTS_FILE,
+        ) from error
+    if not isinstance(state, dict):
+        raise BundleError(
+            f"cannot read weights {weights}: expected a state dict, found a {type(state).__name__}",
+            field=WEIGHTS_FILE,
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise BundleError(
+            f"weights in {weights} do not fit the model described in {BUNDLE_FILE}: "
+            f"{' '.join(str(error).split())[:300]}",
+            field=WEIGHTS_FILE,
+        ) from error
 
 
 def _resolve_device(device: str) -> str:
@@ -319,4 +472,14 @@ def _resolve_device(device: str) -> str:
     return "cpu"
 
 
-__all__ = ["BUNDLE_FILE", "WEIGHTS_FILE", "TrainedModel", "load_model", "resolve_bundle_dir", "save_bundle"]
+__all__ = [
+    "BUNDLE_FILE",
+    "BUNDLE_FORMAT",
+    "WEIGHTS_FILE",
+    "TrainedModel",
+    "UnverifiedBundleWarning",
+    "add_checksums",
+    "load_model",
+    "resolve_bundle_dir",
+    "save_bundle",
+]

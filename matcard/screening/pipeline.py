@@ -28,6 +28,13 @@ import pyarrow as pa
 from matcard.errors import MatcardError, UsageError
 from matcard.fileio import atomic_path
 from matcard.screening.backends import make_backend
+from matcard.screening.fingerprint import (
+    fingerprint,
+    is_own_file,
+    is_record,
+    is_structure_object,
+    list_input_files,
+)
 from matcard.screening.shards import (
     ERROR_SCHEMA,
     ShardPlanner,
@@ -133,7 +140,7 @@ def screen(
     ``out``. ``target_class``/``min_prob``/``top_k`` write a ranked shortlist. ``ase_db`` writes
     each prediction into that ASE database as key-value pairs (see ``write_ase_db``).
     """
-    single = isinstance(inputs, str | os.PathLike) or _is_record(inputs) or _is_structure_object(inputs)
+    single = isinstance(inputs, str | os.PathLike) or is_record(inputs) or is_structure_object(inputs)
     inputs_list = [inputs] if single else list(inputs)
     _validate(
         inputs_list,
@@ -268,7 +275,7 @@ def _resolve_inputs(inputs: list[Any]) -> list[Any]:
     reader); StructureRecords pass through; other names become registry Datasets."""
     sources: list[Any] = []
     for raw in inputs:
-        if _is_record(raw) or _is_structure_object(raw):
+        if is_record(raw) or is_structure_object(raw):
             sources.append(raw)
             continue
         if not isinstance(raw, str | os.PathLike):
@@ -281,19 +288,6 @@ def _resolve_inputs(inputs: list[Any]) -> list[Any]:
             continue
         sources.append(_load_registry_dataset(text))
     return sources
-
-
-def _is_record(obj: Any) -> bool:
-    return hasattr(obj, "structure") and hasattr(obj, "id") and hasattr(obj, "source")
-
-
-def _is_structure_object(obj: Any) -> bool:
-    """pymatgen Structure / IStructure and ASE Atoms, which the structure reader accepts as they are."""
-    return type(obj).__module__.startswith(("pymatgen.", "ase.")) and type(obj).__name__ in {
-        "Structure",
-        "IStructure",
-        "Atoms",
-    }
 
 
 def _load_registry_dataset(name: str) -> Any:
@@ -326,41 +320,13 @@ def _dataset_items(dataset: Any) -> Iterator[Any]:
         yield StructureRecord(id=item_id, source=source, structure=store.structure(index), flags=flags)
 
 
-def _describe_source(source: Any) -> str:
-    if isinstance(source, str):
-        return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
-    if _is_record(source):
-        return f"record:{source.id}:{source.source}"
-    if _is_structure_object(source):
-        return f"<{type(source).__name__} {len(source)} sites>"
-    return f"dataset:{source.name}:{getattr(source, 'content_hash', '')}"
-
-
-def _fingerprint(
-    model: Any, model_ref: Any, sources: list[Any], class_names: list[str], disorder: str
-) -> dict[str, Any]:
-    featurizer_config = getattr(getattr(model, "featurizer", None), "config", None)
-    dumped = (
-        featurizer_config.model_dump()
-        if hasattr(featurizer_config, "model_dump")
-        else repr(featurizer_config)
-    )
-    return {
-        "model": model_ref if isinstance(model_ref, str) else repr(type(model).__name__),
-        "class_names": class_names,
-        "featurizer": dumped,
-        "inputs": [_describe_source(s) for s in sources],
-        "disorder": disorder,
-    }
-
-
 # --------------------------------------------------------------------------- the streaming loop
 
 
 @dataclass
 class _Pending:
     task: ShardTask
-    read_failures: list[tuple[int, str, str, str]]
+    read_failures: list[tuple[int, str, str, str, str]]
 
 
 def _iter_items(sources: list[Any], disorder: str, timeout: float) -> Generator[Any, None, None]:
@@ -373,7 +339,7 @@ def _read_sources(sources: list[Any], disorder: str, timeout: float) -> Iterator
 
     for_reader: list[Any] = []
     for source in [*sources, None]:
-        if isinstance(source, str) or _is_structure_object(source):
+        if isinstance(source, str) or is_structure_object(source):
             for_reader.append(source)
             continue
         if for_reader:
@@ -381,7 +347,7 @@ def _read_sources(sources: list[Any], disorder: str, timeout: float) -> Iterator
             for_reader = []
         if source is None:
             break
-        if _is_record(source):
+        if is_record(source):
             yield source
         else:
             yield from _dataset_items(source)
@@ -464,8 +430,11 @@ def _run(
 
     out = out.resolve()
     schema = prediction_schema(class_names)
+    own = (out, errors_path_for(out), shortlist_path_for(out), state_dir_for(out))
+    own += (Path(shortlist).resolve(),) if shortlist is not None else ()
+    listing = list_input_files(sources, exclude=own, unstamped=[Path(ase_db)] if ase_db else [])
     store = ShardStore(
-        state_dir_for(out), _fingerprint(model, model_ref, sources, class_names, disorder), schema
+        state_dir_for(out), fingerprint(model, sources, class_names, disorder, listing), schema, listing
     )
     store.open(resume=resume, overwrite=overwrite)
     _remove_stale_temp_files(out)
@@ -481,7 +450,7 @@ def _run(
     planner = ShardPlanner(shard_atoms or 16 * batch_size)
     next_index = store.next_index
     seen: set[int] = set()
-    read_failures: list[tuple[int, str, str, str]] = []
+    read_failures: list[tuple[int, str, str, str, str]] = []
     pending: dict[Any, _Pending] = {}
     n_processed = 0
     started = time.perf_counter()
@@ -523,6 +492,8 @@ def _run(
             for seq, item in enumerate(stream):
                 if seq % 256 == 0:
                     bar.update(job, description=f"screening (read {seq:,})")
+                if is_own_file(str(item.source), own):
+                    continue  # this screen's output or parts inside an input folder are not inputs
                 if hasattr(item, "structure"):
                     key = item_key(str(item.id), str(item.source))
                     if key in finished or key in seen:
@@ -539,7 +510,8 @@ def _run(
                     if key in finished or key in seen:
                         continue
                     seen.add(key)
-                    read_failures.append((seq, "", str(item.source), str(item.reason)))
+                    detail = str(getattr(item, "detail", "") or "")  # ReadFailure.detail where present
+                    read_failures.append((seq, "", str(item.source), str(item.reason), detail))
             bar.update(job, description="screening")
             tail = planner.flush()
             if tail is not None:
@@ -575,7 +547,8 @@ def _commit(store: ShardStore, entry: _Pending, output: ShardOutput, schema: pa.
     results = pa.Table.from_pydict(columns, schema=schema)
     error_rows = [*entry.read_failures, *output.errors]
     errors = pa.Table.from_pylist(
-        [{"seq": s, "id": i, "source": src, "reason": r} for s, i, src, r in error_rows], schema=ERROR_SCHEMA
+        [{"seq": s, "id": i, "source": src, "reason": r, "detail": d} for s, i, src, r, d in error_rows],
+        schema=ERROR_SCHEMA,
     )
     if writer is not None and results.num_rows:  # idempotent upsert, before the commit point
         writer.write(entry.task.items, results)
@@ -631,12 +604,12 @@ def _merge(
     errors_path = errors_path_for(out)
     n_failed = 0
     reasons: Counter[str] = Counter()
-    error_schema = pa.schema([("source", pa.string()), ("reason", pa.string())])
+    error_schema = pa.schema([("source", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
     with atomic_path(errors_path) as tmp, _TableWriter(tmp, error_schema, parquet=False) as sink:
         for table in store.iter_errors():
-            sink.write(table.select(["source", "reason"]))
+            sink.write(table.select(error_schema.names))
             n_failed += table.num_rows
-            reasons.update(r.split(":", 1)[0] for r in table["reason"].to_pylist())
+            reasons.update(table["reason"].to_pylist())  # the full reason: colons belong to it
 
     shortlist_path = None
     shortlist_size = 0
@@ -664,9 +637,22 @@ def _merge(
         seconds=0.0,
         backend="",
         shortlist_size=shortlist_size,
-        failure_reasons=dict(reasons.most_common()),
+        failure_reasons=top_reasons(reasons),
         flag_counts=dict(flag_names.most_common()),
     )
+
+
+MAX_REASONS = 20  # distinct failure reasons kept in the summary; the rest are counted together
+
+
+def top_reasons(reasons: Counter[str], limit: int = MAX_REASONS) -> dict[str, int]:
+    """Full reason text -> count, most common first; beyond ``limit`` one 'other reasons' entry."""
+    ranked = reasons.most_common()
+    kept = dict(ranked[:limit])
+    rest = ranked[limit:]
+    if rest:
+        kept[f"other reasons ({len(rest)} different)"] = sum(count for _, count in rest)
+    return kept
 
 
 def _is_parquet(path: Path) -> bool:

@@ -43,3 +43,15 @@ def summary_table(result: ScreenResult) -> Table:
 
 def _share(count: int, total: int) -> str:
     return f"{100.0 * count / total:.1f} %" if total else "-"
+
+
+def nothing_predicted(result: ScreenResult, shown: int = 5) -> str | None:
+    """Why a screen predicted no row at all (a failed run, exit 1), or None when it predicted some."""
+    if result.n_predicted:
+        return None
+    if not result.n_failed:
+        return "nothing was predicted: the inputs hold no structures"
+    reasons = list(result.failure_reasons.items())
+    summary = "; ".join(f"{reason} ({count:,})" for reason, count in reasons[:shown])
+    where = f"; see {result.errors_path}" if result.errors_path is not None else ""
+    return f"nothing was predicted: all {result.n_failed:,} input(s) failed: {summary}{where}"

@@ -3,6 +3,7 @@
 Layout of a screen's state directory (``<out stem>.parts/`` beside the output file)::
 
     manifest.json                  settings fingerprint + one entry per *committed* shard
+    inputs.json                    the input files with size and mtime (see screening.fingerprint)
     shard-000007.parquet           predictions of shard 7 (written to a temp file, then renamed)
     shard-000007.errors.parquet    failures of shard 7 (only when there were any)
 
@@ -28,13 +29,21 @@ import pyarrow.parquet as pq
 
 from matcard.errors import ConfigError, UsageError
 from matcard.fileio import atomic_path, atomic_write_json
+from matcard.screening.fingerprint import ListingRow, check_unchanged, save_listing
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
-_OURS = ("shard-", ".shard-", f".{MANIFEST_NAME}.")  # names of files this store writes
+MANIFEST_FORMAT = 2  # 2: error parts carry a detail column; fingerprint holds content hashes
+LISTING_NAME = "inputs.json"
+_OURS = ("shard-", ".shard-", f".{MANIFEST_NAME}.", LISTING_NAME, f".{LISTING_NAME}.")  # files we write
 
 ERROR_SCHEMA = pa.schema(
-    [("seq", pa.int64()), ("id", pa.string()), ("source", pa.string()), ("reason", pa.string())]
+    [
+        ("seq", pa.int64()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
 )
 
 
@@ -150,10 +159,17 @@ class ShardEntry:
 class ShardStore:
     """Append-only shard parts + an atomically rewritten manifest; see the module docstring."""
 
-    def __init__(self, directory: Path, fingerprint: dict[str, Any], schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fingerprint: dict[str, Any],
+        schema: pa.Schema,
+        listing: list[ListingRow] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.schema = schema
+        self.listing = listing or []  # input files, kept so a refused resume can name the changes
         self.shards: dict[int, ShardEntry] = {}
 
     # -- opening -------------------------------------------------------------------------
@@ -175,6 +191,7 @@ class ShardStore:
             self._clear()
             self.directory.mkdir(parents=True, exist_ok=True)
             self.shards = {}
+            save_listing(self.directory / LISTING_NAME, self.listing)
             self._write_manifest()
             return
         self._check_fingerprint(manifest.get("fingerprint", {}))
@@ -186,7 +203,7 @@ class ShardStore:
                         f"screen state in {self.directory} is damaged ({name} is missing); "
                         "rerun with --overwrite to start again"
                     )
-        referenced = {MANIFEST_NAME}
+        referenced = {MANIFEST_NAME, LISTING_NAME}
         for entry in self.shards.values():
             referenced.update(n for n in (entry.results_file, entry.errors_file) if n is not None)
         for path in self.directory.iterdir():
@@ -208,12 +225,12 @@ class ShardStore:
         return manifest
 
     def _check_fingerprint(self, previous: dict[str, Any]) -> None:
-        for key, value in self.fingerprint.items():
-            if previous.get(key) != value:
-                raise ConfigError(
-                    f"--resume: {key} differs from the interrupted screen in {self.directory} "
-                    f"(was {previous.get(key)!r}, now {value!r}); rerun with --overwrite to start again"
-                )
+        change = check_unchanged(previous, self.fingerprint, self.directory / LISTING_NAME, self.listing)
+        if change is not None:
+            raise ConfigError(
+                f"--resume: {change}; refusing to mix results (state in {self.directory}); "
+                "rerun with --overwrite to start again"
+            )
 
     def _clear(self) -> None:
         if not self.directory.is_dir():

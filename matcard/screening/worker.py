@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from matcard.errors import plain_reason
+
 
 class ScreeningModel(Protocol):
     """What screening needs from a trained model (matcard.bundle.TrainedModel provides it)."""
@@ -45,7 +47,7 @@ class ShardTask:
 class ShardOutput:
     index: int
     columns: dict[str, list[Any]]  # prediction columns (see shards.prediction_schema)
-    errors: list[tuple[int, str, str, str]]  # (seq, id, source, reason)
+    errors: list[tuple[int, str, str, str, str]]  # (seq, id, source, plain reason, raw detail)
     seconds: float
 
 
@@ -199,7 +201,7 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
         "max_prob": [],
         "flags": [],
     }
-    errors: list[tuple[int, str, str, str]] = []
+    errors: list[tuple[int, str, str, str, str]] = []
     items = task.items
     for start in range(0, len(items), task.batch_size):
         batch = items[start : start + task.batch_size]
@@ -212,7 +214,8 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
                     if flag not in flags:
                         flags.append(flag)
             except Exception as exc:  # one bad structure never stops the shard
-                errors.append((item.seq, item.id, item.source, f"featurize: {_describe(exc)}"))
+                reason, detail = plain_reason(exc)
+                errors.append((item.seq, item.id, item.source, f"cannot featurize: {reason}", detail))
                 continue
             ready.append((item, data, flags))
         if not ready:
@@ -227,10 +230,12 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
                     predicted.append((entry, _predict(model, [entry[1]])[0]))
                 except Exception as exc:
                     item = entry[0]
-                    errors.append((item.seq, item.id, item.source, f"predict: {_describe(exc)}"))
+                    reason, detail = plain_reason(exc)
+                    errors.append((item.seq, item.id, item.source, f"cannot predict: {reason}", detail))
         for (item, _, flags), probs in predicted:
             if not np.all(np.isfinite(probs)):
-                errors.append((item.seq, item.id, item.source, "predict: non-finite probabilities"))
+                reason = "cannot predict: the model gave non-finite probabilities"
+                errors.append((item.seq, item.id, item.source, reason, ""))
                 continue
             best = int(np.argmax(probs))
             columns["seq"].append(item.seq)
@@ -251,11 +256,6 @@ def _predict(model: ScreeningModel, data: Sequence[Any]) -> np.ndarray:
             f"model returned probabilities of shape {probabilities.shape} for {len(data)} inputs"
         )
     return probabilities
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- worker processes

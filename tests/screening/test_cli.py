@@ -183,3 +183,26 @@ def test_trained_model_screens_the_poscar_folder_like_predict(
     in_memory = model.screen(folder)  # the API: a DataFrame when no output file is given
     assert in_memory["id"].tolist() == frame["id"].tolist()
     assert in_memory["predicted_class"].tolist() == frame["predicted_class"].tolist()
+
+
+def test_screen_that_predicts_nothing_exits_1_and_says_why(seeded_bundle: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = runner.invoke(app, ["screen", str(seeded_bundle), str(empty), "--out", str(tmp_path / "e.csv")])
+    assert nothing.exit_code == 1, nothing.output
+    assert "nothing was predicted" in nothing.stderr and "no structures" in nothing.stderr
+
+
+def test_json_keeps_full_failure_reasons(seeded_bundle: Path, tmp_path: Path) -> None:
+    """An unreadable table fails every input: exit 1, and the reason is not cut at its first colon."""
+    table = tmp_path / "no_cif.csv"
+    table.write_text("a,b\n1,2\n")
+    out = tmp_path / "t.csv"
+    result = runner.invoke(app, ["screen", str(seeded_bundle), str(table), "--out", str(out), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_predicted"] == 0 and summary["n_failed"] == 1
+    assert summary["failure_reasons"] == {"no CIF column in table (columns: a, b)": 1}
+    assert "no CIF column in table (columns: a, b)" in " ".join(result.stderr.split())
+    errors = pd.read_csv(tmp_path / "t.errors.csv", keep_default_na=False)
+    assert list(errors.columns) == ["source", "reason", "detail"]

@@ -45,7 +45,7 @@ def test_folder_of_poscars_gives_one_row_each(seeded_bundle: Path, shared_data: 
     assert frame["id"].str.startswith("POSCAR-JVASP-").all()  # id_prop.csv is a label file, not a row
     _check_rows(frame)
     errors = pd.read_csv(tmp_path / "s.errors.csv")
-    assert list(errors.columns) == ["source", "reason"] and len(errors) == 0
+    assert list(errors.columns) == ["source", "reason", "detail"] and len(errors) == 0
     assert sum(result.class_counts.values()) == 70
     assert not state_dir_for(out).exists()  # parts are removed after a successful merge
 
@@ -163,13 +163,89 @@ def test_resume_after_an_interrupted_run(seeded_bundle: Path, mp20_subset: Path,
     assert not parts.exists()
 
 
-def test_resume_refuses_a_different_model(seeded_bundle: Path, mp20_subset: Path, tmp_path: Path) -> None:
+def _replace_weights(directory: Path) -> None:
+    """Another model written to the same bundle path (same settings, different weights)."""
+    import torch
+
+    from matcard.bundle import load_model, save_bundle
+
+    old = load_model(directory)
+    with torch.no_grad():
+        for parameter in old.model.parameters():
+            parameter.add_(0.5)
+    info = old.info
+    save_bundle(
+        directory,
+        old.model,
+        model_name=info["model"]["name"],
+        model_params=info["model"]["params"],
+        in_dim=info["model"]["in_dim"],
+        featurizer_config=info["featurizer"],
+        class_names=info["class_names"],
+        class_counts=info["class_counts"],
+        training_stats=info["training_stats"],
+    )
+
+
+def _interrupt(out: Path) -> None:
+    """Leave the state as a kill midway would: only the first half of the shards committed."""
+    manifest_path = state_dir_for(out) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert len(manifest["shards"]) > 2
+    manifest["shards"] = manifest["shards"][: len(manifest["shards"]) // 2]
+    manifest_path.write_text(json.dumps(manifest))
+    out.unlink()
+
+
+def test_resume_refuses_a_model_replaced_at_the_same_path(
+    seeded_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(seeded_bundle, model)
+    folder = shared_data / "alignn_sample_poscar"
     out = tmp_path / "s.csv"
-    screen(seeded_bundle, mp20_subset, out, keep_parts=True, progress=False)
-    other = tmp_path / "other-model"
-    shutil.copytree(seeded_bundle, other)
-    with pytest.raises(ConfigError, match="model"):
-        screen(other, mp20_subset, out, resume=True, progress=False)
+    screen(model, folder, out, shard_atoms=200, keep_parts=True, progress=False)
+    _interrupt(out)
+    same_content = tmp_path / "same-model-elsewhere"
+    shutil.copytree(model, same_content)
+    _replace_weights(model)
+    with pytest.raises(ConfigError, match="model's content differs") as refused:
+        screen(model, folder, out, shard_atoms=200, resume=True, progress=False)
+    assert refused.value.exit_code == 2
+    # the identical model at another path is the same model: resuming with it is fine
+    resumed = screen(same_content, folder, out, shard_atoms=200, resume=True, progress=False)
+    assert resumed.n_resumed > 0 and resumed.n_resumed + resumed.n_processed == 70
+
+
+def test_resume_refuses_changed_inputs_naming_them(
+    seeded_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "inputs"
+    shutil.copytree(shared_data / "alignn_sample_poscar", folder)  # copy2: sizes and mtimes kept
+    out = folder / "s.parquet"
+    screen(seeded_bundle, folder, out, shard_atoms=200, keep_parts=True, progress=False)
+    _interrupt(out)
+    poscars = sorted(folder.glob("POSCAR-*"))
+    for path in poscars[:3]:
+        path.unlink()
+    for index, path in enumerate(poscars[3:5]):
+        shutil.copy(path, folder / f"NEW-{index}.vasp")
+    with open(poscars[10], "a") as fh:
+        fh.write("\n")
+    with pytest.raises(ConfigError, match="inputs changed") as refused:
+        screen(seeded_bundle, folder, out, shard_atoms=200, resume=True, progress=False)
+    message = str(refused.value)
+    assert "2 file(s) added" in message and "NEW-0.vasp" in message
+    assert "3 file(s) removed" in message and poscars[0].name in message
+    assert "1 file(s) modified" in message and poscars[10].name in message
+    # put back as it was (copy2 keeps size and mtime): the resume goes on; the screen's own
+    # output and state inside the input folder are not inputs
+    for path in folder.glob("NEW-*"):
+        path.unlink()
+    for path in [*poscars[:3], poscars[10]]:
+        shutil.copy2(shared_data / "alignn_sample_poscar" / path.name, path)
+    resumed = screen(seeded_bundle, folder, out, shard_atoms=200, resume=True, progress=False)
+    assert resumed.n_resumed > 0 and resumed.n_resumed + resumed.n_processed == 70
 
 
 @pytest.mark.slow
@@ -267,3 +343,16 @@ def test_in_memory_structures_and_isolated_atoms(seeded_bundle: Path) -> None:
     assert any(flag.startswith("cutoff_grown:8") for flag in sparse_flags)
     assert any(flag.startswith("volume_per_atom_out_of_range") for flag in sparse_flags)
     assert not any(flag.startswith("volume_per_atom") for flag in dense_flags)
+
+
+def test_featurize_failures_are_plain_reasons_with_the_raw_detail(seeded_bundle: Path) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    fine = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0, 0, 0.001]])
+    result = screen(seeded_bundle, [fine, overlapping], None, progress=False)
+    assert result.n_predicted == 1 and result.n_failed == 1
+    error = result.errors.iloc[0]
+    assert error["reason"].startswith("cannot featurize: ") and "apart" in error["reason"]
+    assert error["detail"].startswith("FeaturizationError: ")
+    assert result.failure_reasons == {error["reason"]: 1}  # the whole reason, colons included

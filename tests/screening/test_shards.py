@@ -40,7 +40,7 @@ def _results(seqs: list[int], prefix: str = "s") -> pa.Table:
 
 def _errors(seqs: list[int]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"seq": s, "id": "", "source": f"bad{s}.cif", "reason": "parse error"} for s in seqs],
+        [{"seq": s, "id": "", "source": f"bad{s}.cif", "reason": "parse error", "detail": ""} for s in seqs],
         schema=ERROR_SCHEMA,
     )
 
@@ -119,7 +119,7 @@ def test_resume_drops_parts_the_manifest_never_recorded(tmp_path: Path) -> None:
     reopened.open(resume=True, overwrite=False)
     assert reopened.finished_keys() == {item_key(f"s{s}", f"file.csv:row {s}") for s in (0, 1)}
     names = sorted(p.name for p in directory.iterdir())
-    assert names == ["manifest.json", "notes.txt", "shard-000000.parquet"]
+    assert names == ["inputs.json", "manifest.json", "notes.txt", "shard-000000.parquet"]
     assert reopened.next_index == 1
     reopened.commit(1, _results([2, 3]), _errors([4]))  # redoing shard 1 works
     rows = [t["id"].to_pylist() for t in reopened.iter_results()]
@@ -136,7 +136,7 @@ def test_unfinished_state_needs_resume_or_overwrite(tmp_path: Path) -> None:
     fresh = _store(tmp_path / "parts")
     fresh.open(resume=False, overwrite=True)
     assert fresh.finished_keys() == set()
-    assert [p.name for p in (tmp_path / "parts").iterdir()] == ["manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["inputs.json", "manifest.json"]
 
 
 def test_resume_with_other_settings_fails_naming_the_field(tmp_path: Path) -> None:
@@ -171,3 +171,22 @@ def test_parts_come_back_in_input_order(tmp_path: Path) -> None:
     assert [s["rows"] for s in manifest["shards"]] == [2, 2]
     store.remove()
     assert not (tmp_path / "parts").exists()
+
+
+def test_resume_with_changed_input_files_names_them(tmp_path: Path) -> None:
+    listing = [("/in/a.cif", 10, 1), ("/in/b.cif", 20, 2), ("/in/c.cif", 30, 3)]
+    store = ShardStore(
+        tmp_path / "parts", {"model": "m", "input_files": "x"}, prediction_schema(CLASSES), listing
+    )
+    store.open(resume=False, overwrite=False)
+    store.commit(0, _results([0]), _errors([]))
+    changed = [("/in/a.cif", 10, 1), ("/in/c.cif", 31, 4), ("/in/d.cif", 5, 5)]
+    other = ShardStore(
+        tmp_path / "parts", {"model": "m", "input_files": "y"}, prediction_schema(CLASSES), changed
+    )
+    with pytest.raises(ConfigError) as refused:
+        other.open(resume=True, overwrite=False)
+    message = str(refused.value)
+    assert "1 file(s) added (e.g. /in/d.cif)" in message
+    assert "1 file(s) removed (e.g. /in/b.cif)" in message
+    assert "1 file(s) modified (e.g. /in/c.cif)" in message
