@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"it refers to {found.group(1)}" if found else "it is not plain data"
         raise MatcardError(
-            f"refusing to load {path}: it is not a plain-data checkpoint (it would need to run code to "
-            f"load: {str(error).splitlines()[0]}); delete it or train into another --out"
+            f"refusing to load {path}: loading it could run code ({what}); only plain tensors and "
+            "values are accepted. Delete it, or train into another --out"
         ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as error:
         raise MatcardError(f"cannot read checkpoint {path}: {error}") from None

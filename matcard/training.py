@@ -430,6 +430,35 @@ def _best_model(
     return model, int(state.get("epoch", -1))
 
 
+def _save_bundle(
+    config: TrainConfig, run_dir: Path, data: PreparedData, model: Any, best_epoch: int | None
+) -> None:
+    from matcard.bundle import save_bundle
+
+    save_bundle(
+        run_dir / "model",
+        model,
+        model_name=config.model.name,
+        model_params=_model_params(config),
+        in_dim=_in_dim(data),
+        featurizer_config=data.featurizer.config.model_dump(mode="json"),
+        class_names=data.class_names,
+        class_counts=data.class_counts("train").tolist(),
+        task=data.task,
+        training_stats=data.training_stats,
+        provenance={
+            "dataset": data.dataset_name,
+            "task": getattr(data.task, "name", config.data.task),
+            "loss": config.loss.model_dump(mode="json"),
+            "sampler": config.sampler.model_dump(mode="json"),
+            "seed": config.trainer.seed,
+            "best_epoch": best_epoch,
+            "run_dir": str(run_dir.resolve()),
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+
+
 def _finish(
     config: TrainConfig,
     run_dir: Path,
@@ -441,34 +470,13 @@ def _finish(
     started: float,
 ) -> TrainResult:
     """Bundle the best checkpoint's model, measure it on val and test, write metrics, plots, run.json."""
-    from matcard.bundle import load_model, save_bundle
+    from matcard.bundle import load_model
     from matcard.metrics import classification_metrics, plot_confusion_matrix, plot_per_class_recall
 
     trainer_cfg = config.trainer
     model, best_epoch = _best_model(config, data, best_path, module)
     train_counts = data.class_counts("train")
-    save_bundle(
-        run_dir / "model",
-        model,
-        model_name=config.model.name,
-        model_params=_model_params(config),
-        in_dim=_in_dim(data),
-        featurizer_config=data.featurizer.config.model_dump(mode="json"),
-        class_names=data.class_names,
-        class_counts=train_counts.tolist(),
-        task=data.task,
-        training_stats=data.training_stats,
-        provenance={
-            "dataset": data.dataset_name,
-            "task": getattr(data.task, "name", config.data.task),
-            "loss": config.loss.model_dump(mode="json"),
-            "sampler": config.sampler.model_dump(mode="json"),
-            "seed": trainer_cfg.seed,
-            "best_epoch": best_epoch,
-            "run_dir": str(run_dir.resolve()),
-            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
+    _save_bundle(config, run_dir, data, model, best_epoch)
     trained = load_model(run_dir / "model", device="cpu")
     metrics: dict[str, Any] = {}
     probabilities: dict[str, np.ndarray] = {}

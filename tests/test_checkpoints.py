@@ -53,14 +53,15 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(tmp_path):
 
 def test_plain_checkpoints_round_trip_atomically(tmp_path):
     io = checkpoint_io_class()()
-    state = {"state_dict": {"w": torch.arange(3.0)}, "epoch": 1, "matcard": resume_state(torch.nn.Module(), None)}
+    extra = resume_state(torch.nn.Module(), None)
+    state = {"state_dict": {"w": torch.arange(3.0)}, "epoch": 1, "matcard": extra}
     io.save_checkpoint(state, tmp_path / "last.ckpt")
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
     loaded = load_checkpoint(tmp_path / "last.ckpt")
     assert torch.equal(loaded["state_dict"]["w"], torch.arange(3.0)) and loaded["epoch"] == 1
     assert checked_resume_checkpoints(tmp_path) == tmp_path / "last.ckpt"
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(MatcardError, match="junk.ckpt"):
+    with pytest.raises(MatcardError, match=r"junk\.ckpt"):
         checked_resume_checkpoints(tmp_path)
 
 

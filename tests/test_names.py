@@ -14,7 +14,7 @@ from matcard.models import MODELS
 def test_name_lists_equal_the_registries():
     assert set(names.LOSS_NAMES) == set(LOSSES)
     assert names.LOSS_ALIASES == _ALIASES
-    assert names.MODEL_INPUT_KINDS == {name: spec.input_kind for name, spec in MODELS.items()}
+    assert {name: spec.input_kind for name, spec in MODELS.items()} == names.MODEL_INPUT_KINDS
 
 
 def test_validating_a_config_imports_no_torch():
@@ -24,7 +24,8 @@ def test_validating_a_config_imports_no_torch():
         "load_config(overrides={'loss': 'Cross-Entropy', 'model': 'MLP'})\n"
         "print('torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    command = [sys.executable, "-c", code]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
     message, torch_imported = out.stdout.strip().splitlines()
     assert "loss.name" in message and "'nope'" in message and "magnitude" in message
     assert torch_imported == "False"
