@@ -554,6 +554,9 @@ def train_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Discard the run already in --out and train it again.")
+    ] = False,
     out: Annotated[
         str | None,
         typer.Option("--out", "-o", help="Run directory (default: runs/<dataset>-<model>-<loss>-<time>)."),
@@ -581,7 +584,7 @@ def train_command(
             overrides[key] = value
         from matcard.training import train
 
-        result = train(config, resume=resume, progress=not quiet, **overrides)
+        result = train(config, resume=resume, overwrite=overwrite, progress=not quiet, **overrides)
     except MatcardError as err:
         raise fail(err) from None
     if not result.is_global_zero:  # a DDP worker process: rank 0 reports

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from matcard.errors import ConfigError
+from matcard.names import MODEL_INPUT_KINDS, check_loss_name, check_model_name
 
 
 class _Section(BaseModel):
@@ -63,17 +64,17 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from matcard.models import MODELS
-
-        name = name.lower()
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-        return name
+        return check_model_name(name)  # a name list, not the registry: no torch import before this check
 
 
 class LossConfig(_Section):
     name: str = "ce"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        return check_loss_name(name)
 
 
 class SamplerConfig(_Section):
@@ -133,9 +134,7 @@ class TrainConfig(_Section):
 
     def featurizer_kind(self) -> str:
         """``graph`` or ``composition``: explicit, or what the model consumes."""
-        from matcard.models import model_spec
-
-        input_kind = model_spec(self.model.name).input_kind
+        input_kind = MODEL_INPUT_KINDS[self.model.name]
         if self.featurizer.kind != "auto" and self.featurizer.kind != input_kind:
             raise ConfigError(
                 f"featurizer.kind: model {self.model.name!r} needs {input_kind!r} features, "

@@ -11,7 +11,8 @@ import yaml
 
 import matcard
 from matcard.errors import ConfigError, UsageError
-from matcard.training import evaluate
+from matcard.run_state import clear_run
+from matcard.training import evaluate, resolve_run
 
 # Small but real: a stratified 150-structure subset, no early stopping, one thread.
 FAST = {"epochs": 4, "data.limit": 150, "trainer.patience": None, "trainer.threads": 1}
@@ -119,8 +120,11 @@ def test_same_seed_same_run_and_resume_extends_it(env, tmp_path):
 
 
 def test_refusals_happen_before_any_work(env, run, tmp_path):
-    with pytest.raises(UsageError, match="already holds a run"):
+    refusal = r"already holds a complete run.*--resume.*--overwrite.*another --out"
+    with pytest.raises(UsageError, match=refusal):
         matcard.train(out=str(run.run_dir), progress=False)
+    with pytest.raises(UsageError, match="pass one of them"):
+        matcard.train(out=str(run.run_dir), resume=True, overwrite=True, progress=False)
     with pytest.raises(ConfigError, match=r"loss\.name"):
         matcard.train(out=str(run.run_dir), resume=True, loss="focal", progress=False)
     with pytest.raises(ConfigError, match="unknown loss"):
@@ -181,3 +185,40 @@ def test_per_item_predictions_reproduce_the_recorded_metrics(run):
         assert (frame["predicted"] == [class_names[k] for k in proba.argmax(axis=1)]).all()
         assert classification_metrics(y, proba, class_names) == metrics[name]
         assert frame["id"].tolist() == split["ids"][name]  # the saved split's items, in its order
+
+
+def test_a_run_that_failed_before_training_does_not_block_its_directory(env, tmp_path):
+    out = tmp_path / "typo"
+    with pytest.raises(UsageError, match="no-such-dataset"):
+        matcard.train(out=str(out), dataset="no-such-dataset", progress=False, **FAST)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "no-such-dataset" in info["reason"] and info["resumable"] is False
+    # the corrected command, into the same directory, with --resume (or without: see resolve_run)
+    assert resolve_run(out=str(out))[2] is False
+    corrected = {**FAST, "epochs": 1, "dataset": "aflow-prototypes"}
+    fixed = matcard.train(out=str(out), resume=True, progress=False, **corrected)
+    assert not fixed.resumed and fixed.metrics["test"]["n_samples"] > 0
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["dataset"] == "aflow-prototypes"
+
+
+def test_a_failure_during_training_marks_the_run_failed_with_its_reason(env, tmp_path):
+    out = tmp_path / "r"
+    (out / "history.csv").mkdir(parents=True)  # the first epoch's history write fails: a real OSError
+    with pytest.raises(OSError):
+        matcard.train(out=str(out), progress=False, **{**FAST, "epochs": 2})
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "history.csv" in info["reason"]
+    assert info["error_type"] in ("IsADirectoryError", "OSError", "PermissionError")
+
+
+def test_overwrite_removes_only_what_a_run_writes(tmp_path):
+    for name in ("config.yaml", "run.json", "metrics.json", "checkpoints/last.ckpt", "model/weights.pt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="--overwrite"):
+        resolve_run(out=str(tmp_path))
+    assert resolve_run(out=str(tmp_path), overwrite=True)[1] == tmp_path
+    clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
