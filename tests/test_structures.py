@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import matcard.structures as structures_module
+import matcard.structures.parsers as parsers_module
+import matcard.structures.tables as tables_module
 from matcard.errors import UsageError
 from matcard.structures import (
     ReadFailure,
@@ -317,7 +318,7 @@ def _slow_for_garnet(original):
 def test_watchdog_kills_hung_parser_and_continues(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Workers are forked, so they inherit the patched parser; the watchdog is the real one.
     monkeypatch.setattr(
-        structures_module, "_parse_cif_text", _slow_for_garnet(structures_module._parse_cif_text)
+        parsers_module, "_parse_cif_text", _slow_for_garnet(parsers_module._parse_cif_text)
     )
     folder = shared_data / "messy_cifs"
     files = [folder / n for n in ("V2O3.cif", "garnet.cif", "Co8.cif", "MgNiF6.cif", "btet_1915.cif")]
@@ -332,7 +333,7 @@ def test_watchdog_kills_hung_parser_and_continues(shared_data: Path, monkeypatch
 
 def test_inline_mode_time_limit(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        structures_module,
+        parsers_module,
         "_parse_cif_text",
         lambda *a, **k: time.sleep(30),
     )
@@ -346,7 +347,7 @@ def test_inline_mode_time_limit(shared_data: Path, monkeypatch: pytest.MonkeyPat
 def test_tables_stream_in_chunks(
     mp20_rows: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(structures_module, "TABLE_CHUNK_ROWS", 7)  # 25 rows -> 4 chunks
+    monkeypatch.setattr(tables_module, "TABLE_CHUNK_ROWS", 7)  # 25 rows -> 4 chunks
     mp20_rows.to_csv(tmp_path / "rows.csv", index=False)
     mp20_rows.to_parquet(tmp_path / "rows.parquet")
     for name in ("rows.csv", "rows.parquet"):
