@@ -13,7 +13,7 @@ from typing import Annotated, Optional  # noqa: F401  (Optional is used by comma
 import typer
 
 from matcard._version import __version__
-from matcard.console import console, print_wide
+from matcard.console import console, escape, print_wide
 from matcard.errors import MatcardError
 
 app = typer.Typer(
@@ -45,7 +45,7 @@ def _main(
 
 def fail(error: MatcardError) -> typer.Exit:
     """Report a MatcardError on stderr and return the Exit carrying its exit code."""
-    console.print(f"[bold red]error:[/] {error}")
+    console.print(f"[bold red]error:[/] {escape(error)}")
     return typer.Exit(code=error.exit_code)
 
 
@@ -147,7 +147,7 @@ def download_command(
         raise fail(err) from err
     if table.row_count:
         console.print(table)
-        console.print(f"[green]all checksums verified[/]; cache: {root}")
+        console.print(f"[green]all checksums verified[/]; cache: {escape(root)}")
 
 
 @app.command("inspect")
@@ -211,7 +211,7 @@ def inspect_command(
         if nothing:
             raise typer.Exit(code=1)
         return
-    overview = Table(title=f"inspect {source}", show_header=False)
+    overview = Table(title=f"inspect {escape(source)}", show_header=False)
     overview.add_column("field")
     overview.add_column("value")
     overview.add_row("kind", summary["kind"])
@@ -219,39 +219,39 @@ def inspect_command(
     overview.add_row("failed", f"{summary['n_failed']:,}")
     if summary["skipped"]:
         overview.add_row("skipped (not structures)", str(len(summary["skipped"])))
-    overview.add_row("tasks", ", ".join(summary["tasks"]) or "-")
+    overview.add_row("tasks", escape(", ".join(summary["tasks"]) or "-"))
     if summary.get("given_splits"):
         overview.add_row("given split", ", ".join(f"{k} {v:,}" for k, v in summary["given_splits"].items()))
     if summary.get("flags"):
-        overview.add_row("flags", ", ".join(f"{k}: {v}" for k, v in summary["flags"].items()))
+        overview.add_row("flags", escape(", ".join(f"{k}: {v}" for k, v in summary["flags"].items())))
     if summary["task"]:
-        overview.add_row("task", summary["task"])
+        overview.add_row("task", escape(summary["task"]))
         ratio = summary["imbalance_ratio"]
         overview.add_row("imbalance ratio", "-" if ratio is None else f"{ratio:.2f} : 1")
     console.print(overview)
     if summary["class_counts"]:
-        counts = Table(title=f"class counts ({summary['task']})")
+        counts = Table(title=f"class counts ({escape(summary['task'])})")
         counts.add_column("class")
         counts.add_column("count", justify="right")
         counts.add_column("share", justify="right")
         total = sum(summary["class_counts"].values()) or 1
         for name, count in summary["class_counts"].items():
-            counts.add_row(name, f"{count:,}", f"{100 * count / total:.1f} %")
+            counts.add_row(escape(name), f"{count:,}", f"{100 * count / total:.1f} %")
         console.print(counts)
     if summary["failures"] or summary["skipped"]:
         problems = Table(title="not read")
         problems.add_column("source", overflow="fold")
         problems.add_column("reason", overflow="fold")
         for item in summary["failures"][:50]:
-            problems.add_row(item["source"], item["reason"])
+            problems.add_row(escape(item["source"]), escape(item["reason"]))
         for item in summary["skipped"][:50]:
-            problems.add_row(item["source"], f"[dim]skipped: {item['reason']}[/]")
+            problems.add_row(escape(item["source"]), f"[dim]skipped: {escape(item['reason'])}[/]")
         extra = len(summary["failures"]) - 50
         if extra > 0:
             problems.add_row("…", f"{extra} more failures (use --json for all)")
         console.print(problems)
     if nothing:
-        console.print(f"[bold red]error:[/] no structures could be read from {source}")
+        console.print(f"[bold red]error:[/] no structures could be read from {escape(source)}")
         raise typer.Exit(code=1)
 
 
@@ -344,9 +344,7 @@ def featurize_command(
     summary["read_failures"] = len(getattr(dataset, "failures", []) or [])
     if as_json:
         summary["failed_items"] = [vars(f) for f in report.failures]
-        summary["unreadable"] = [
-            {"source": str(f.source), "reason": f.reason} for f in getattr(dataset, "failures", []) or []
-        ]
+        summary["unreadable"] = [f.to_dict() for f in getattr(dataset, "failures", []) or []]
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     read_failures = list(getattr(dataset, "failures", []) or [])
@@ -357,11 +355,11 @@ def featurize_command(
         for column in ("#", "id / source", "reason"):
             failures.add_column(column, overflow="fold")
         for row in rows_failed[:20]:
-            failures.add_row(*row)
+            failures.add_row(*map(escape, row))
         if len(rows_failed) > 20:
             failures.add_row("…", f"{len(rows_failed) - 20} more", "see --json / manifest.json")
         console.print(failures)
-    table = Table(title=f"featurized {getattr(dataset, 'name', source)} ({summary['kind']})")
+    table = Table(title=f"featurized {escape(getattr(dataset, 'name', source))} ({summary['kind']})")
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
     rate = summary["per_second"]
@@ -389,7 +387,7 @@ def featurize_command(
     for name, count in (summary.get("class_counts") or {}).items():
         rows.append((f"class {name}", f"{count:,}"))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(escape(name), escape(value))
     console.print(table)
 
 
@@ -484,7 +482,7 @@ def reproduce_synthetic(
     print_wide(table, 140)
     console.print(
         f"{result.elapsed_s:.0f} s ({result.reused_jobs} finished runs reused); "
-        f"wrote {', '.join(str(path) for path in result.files.values())}"
+        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}"
     )
     if json_output:
         typer.echo(json.dumps(reproduce.summary_for_json(result.summary), indent=2))
@@ -519,7 +517,7 @@ def _metrics_tables(metrics: dict, title: str) -> list:
     for name, row in metrics.get("per_class", {}).items():
         recall = row["recall"]
         per_class.add_row(
-            name,
+            escape(name),
             str(row["support"]),
             f"{row['precision']:.3f}",
             "n/a" if recall is None else f"{recall:.3f}",
@@ -595,7 +593,8 @@ def train_command(
         f"val macro-F1 {result.metrics['val']['macro_f1'] or 0:.4f}"
         + (f"; {len(result.failures)} item(s) skipped, see failures.csv" if result.failures else "")
     )
-    console.print(f"run directory: [bold]{result.run_dir}[/]  (model: {result.run_dir / 'model'})")
+    run_dir = escape(result.run_dir)
+    console.print(f"run directory: [bold]{run_dir}[/]  (model: {escape(result.run_dir / 'model')})")
 
 
 @app.command("evaluate")
@@ -789,10 +788,10 @@ def benchmark_command(
         raise typer.Exit(code=130) from None
     print_wide(benchmark.rich_table(result), 170)
     for line in benchmark.study_description(result):
-        console.print(f"  {line}")
+        console.print(f"  {escape(line)}")
     console.print(
         f"{result.trained_cells} cells trained, {result.reused_cells} reused, {result.elapsed_s:.0f} s; "
-        f"wrote {', '.join(str(path) for path in result.files.values())}"
+        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}"
     )
     if json_output:
         typer.echo(json.dumps(benchmark.summary_for_json(result), indent=2))
@@ -802,7 +801,7 @@ def main() -> None:
     try:
         app()
     except MatcardError as error:  # errors raised outside a command's own handling
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {escape(error)}")
         sys.exit(error.exit_code)
 
 

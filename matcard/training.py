@@ -34,7 +34,7 @@ import numpy as np
 
 from matcard._version import __version__
 from matcard.config import TrainConfig, config_from_any, load_config
-from matcard.console import console, make_progress
+from matcard.console import console, escape, make_progress
 from matcard.errors import ConfigError, MatcardError, UsageError
 from matcard.fileio import atomic_path, atomic_write_json, atomic_write_text
 
@@ -728,7 +728,9 @@ def _fit_and_finish(
     last = checkpoint_dir / "last.ckpt"
     ckpt_path = str(last) if resuming and last.is_file() else None
     if resuming and ckpt_path is None and is_zero:
-        console.print(f"[yellow]no checkpoint in {checkpoint_dir}; training {run_dir} from the start[/]")
+        console.print(
+            f"[yellow]no checkpoint in {escape(checkpoint_dir)}; training {escape(run_dir)} from the start[/]"
+        )
     resume_hint = f"continue with: matcard train --out {run_dir} --resume"
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
@@ -1019,7 +1021,12 @@ def prepare_data(
         progress=progress,
     )
     failures = [
-        {"id": str(getattr(f, "source", "")), "stage": "read", "reason": str(getattr(f, "reason", f))}
+        {
+            "id": str(getattr(f, "source", "")),
+            "stage": "read",
+            "reason": str(getattr(f, "reason", f)),
+            "detail": str(getattr(f, "detail", "")),
+        }
         for f in dataset.failures
     ] + failures
     if not graphs:
@@ -1046,7 +1053,9 @@ def prepare_data(
 
 def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "stage", "reason"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=["id", "stage", "reason", "detail"], lineterminator="\n", restval=""
+    )
     writer.writeheader()
     writer.writerows(failures)
     atomic_write_text(path, buffer.getvalue())

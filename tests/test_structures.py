@@ -216,7 +216,8 @@ def test_pymatgen_json_single_list_and_mapping(shared_data: Path, tmp_path: Path
     mapping = read_structures(tmp_path / "mapping.json")
     assert [r.id for r in mapping.records] == [r.id for r in records]
     broken = read_structures(tmp_path / "broken.json")
-    assert not broken.records and broken.failures[0].reason.startswith("parse error")
+    assert not broken.records and broken.failures[0].reason == "not valid JSON"
+    assert broken.failures[0].detail.startswith("JSONDecodeError: ")
 
 
 def test_ase_database(shared_data: Path, tmp_path: Path) -> None:

@@ -413,12 +413,12 @@ def _load_registry(
             {
                 "name": spec.name,
                 "content_hash": content_hash,
-                "failures": [{"source": f.source, "reason": f.reason} for f in failures],
+                "failures": [f.to_dict() for f in failures],
             },
         )
     else:
         table, store, meta = cached
-        failures = [ReadFailure(f["source"], f["reason"]) for f in meta.get("failures", [])]
+        failures = [ReadFailure.from_dict(f) for f in meta.get("failures", [])]
         content_hash = meta.get("content_hash")
     return Dataset(
         spec.name,
@@ -482,8 +482,8 @@ def _load_path(
                 name,
                 table,
                 store,
-                [ReadFailure(f["source"], f["reason"]) for f in meta.get("failures", [])],
-                [ReadFailure(f["source"], f["reason"]) for f in meta.get("skipped", [])],
+                [ReadFailure.from_dict(f) for f in meta.get("failures", [])],
+                [ReadFailure.from_dict(f) for f in meta.get("skipped", [])],
                 source_text,
                 meta.get("content_hash"),
             )
@@ -516,8 +516,8 @@ def _load_path(
                 {
                     "name": name,
                     "content_hash": dataset.content_hash,
-                    "failures": [{"source": f.source, "reason": f.reason} for f in result.failures],
-                    "skipped": [{"source": f.source, "reason": f.reason} for f in result.skipped],
+                    "failures": [f.to_dict() for f in result.failures],
+                    "skipped": [f.to_dict() for f in result.skipped],
                 },
             )
         except Exception:  # e.g. mixed-type property columns Arrow cannot store: just don't cache

@@ -93,7 +93,7 @@ from matcard.structures.pool import (
     available_cpus,
     parse_items,
 )
-from matcard.structures.reasons import _error_reason
+from matcard.structures.reasons import _error_reason, plain_reason
 from matcard.structures.records import (
     DISORDER_POLICIES,
     DisorderPolicy,
@@ -264,6 +264,7 @@ __all__ = [
     "detect_format",
     "iter_structures",
     "parse_cif_strings",
+    "plain_reason",
     "read_label_file",
     "read_structures",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from matcard.structures.checks import _finish
-from matcard.structures.reasons import _error_reason
+from matcard.structures.reasons import plain_reason
 from matcard.structures.records import Outcome, ReadFailure, _Options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,7 +114,7 @@ def _parse_cif_text(
         try:
             structure, flags, messages = parse_one(text)
         except Exception as err:
-            return [ReadFailure(source, _error_reason(err))]
+            return [ReadFailure(source, *plain_reason(err))]
         flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)
         return [_finish(structure, item_id, source, label, options, flags, messages, properties)]
     with warnings.catch_warnings():
@@ -122,7 +122,7 @@ def _parse_cif_text(
         try:
             blocks = list(CifFile.from_str(text).data.items())
         except Exception as err:
-            return [ReadFailure(source, _error_reason(err))]
+            return [ReadFailure(source, *plain_reason(err))]
     structural = [(name, block) for name, block in blocks if _has_atom_sites(block.data)]
     if not structural:
         return [ReadFailure(source, "no atom sites in CIF (no _atom_site_fract_x / _Cartn_x loop)")]
@@ -134,7 +134,7 @@ def _parse_cif_text(
         try:
             structure, flags, messages = parse_one(str(block) if len(blocks) > 1 else text)
         except Exception as err:
-            outcomes.append(ReadFailure(block_source, _error_reason(err)))
+            outcomes.append(ReadFailure(block_source, *plain_reason(err)))
             continue
         outcomes.append(
             _finish(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from matcard.structures.checks import _finish
 from matcard.structures.cif import _parse_cif_text
 from matcard.structures.formats import _read_text
-from matcard.structures.reasons import _error_reason
+from matcard.structures.reasons import plain_reason
 from matcard.structures.records import Outcome, ReadFailure, _Item, _Options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,7 +118,7 @@ def _parse_json(
         try:
             structure = _structure_from_obj(obj)
         except Exception as err:
-            outcomes.append(ReadFailure(entry_source, _error_reason(err)))
+            outcomes.append(ReadFailure(entry_source, *plain_reason(err)))
             continue
         if structure is None:
             outcomes.append(ReadFailure(entry_source, "not a pymatgen Structure dict"))
@@ -146,7 +146,7 @@ def _read_ase_db(path: str, options: _Options) -> list[Outcome]:
                     continue
                 structure = AseAtomsAdaptor.get_structure(atoms)
             except Exception as err:
-                outcomes.append(ReadFailure(source, _error_reason(err)))
+                outcomes.append(ReadFailure(source, *plain_reason(err)))
                 continue
             label = key_values.pop("label", None)
             outcomes.append(_finish(structure, row_id, source, label, options, properties=key_values))
@@ -189,4 +189,4 @@ def _parse_item(item: _Item, options: _Options) -> list[Outcome]:
             return [_finish(structure, item_id, item.source, item.label, options, properties=properties)]
         return [ReadFailure(item.source, f"unsupported item kind {item.kind!r}")]
     except Exception as err:  # one bad file never aborts the batch
-        return [ReadFailure(item.source, _error_reason(err))]
+        return [ReadFailure(item.source, *plain_reason(err))]

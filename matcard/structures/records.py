@@ -30,7 +30,16 @@ class StructureRecord:
 @dataclass
 class ReadFailure:
     source: str
-    reason: str  # "disordered", "timeout after 10s", "parse error: ..."
+    reason: str  # a short plain sentence: "disordered", "timeout after 10s (...)", "the cell is nearly flat"
+    detail: str = ""  # the raw parser exception ("ValueError: ...") behind the reason, when there was one
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": str(self.source), "reason": self.reason, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReadFailure:
+        """Inverse of :meth:`to_dict`; caches written before ``detail`` existed have none."""
+        return cls(str(data["source"]), str(data["reason"]), str(data.get("detail", "") or ""))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from matcard.structures.formats import AUXILIARY_FILE_NAMES, LABEL_FILE_NAMES, _record_id, detect_format
-from matcard.structures.reasons import _error_reason
+from matcard.structures.reasons import plain_reason
 from matcard.structures.records import Outcome, ReadFailure, StructureRecord, _Item
 from matcard.structures.tables import Entry, _table_entries
 
@@ -154,5 +154,5 @@ def _record_from_object(obj: Any, index: int) -> Outcome:
         try:
             obj = AseAtomsAdaptor.get_structure(obj)
         except Exception as err:
-            return ReadFailure(source, _error_reason(err))
+            return ReadFailure(source, *plain_reason(err))
     return StructureRecord(id=f"structure-{index}", source=source, structure=obj)
