@@ -346,6 +346,8 @@ def featurize_command(
         summary["failed_items"] = [vars(f) for f in report.failures]
         summary["unreadable"] = [f.to_dict() for f in getattr(dataset, "failures", []) or []]
         typer.echo(json.dumps(summary, indent=2, default=str))
+        if not summary["count"]:  # nothing featurized: a runtime failure, after the report
+            raise typer.Exit(code=1)
         return
     read_failures = list(getattr(dataset, "failures", []) or [])
     rows_failed = [(str(f.position), f.id, f.reason) for f in report.failures]
@@ -389,6 +391,9 @@ def featurize_command(
     for name, value in rows:
         table.add_row(escape(name), escape(value))
     console.print(table)
+    if not summary["count"]:
+        console.print(f"[bold red]error:[/] nothing could be featurized from {escape(source)}")
+        raise typer.Exit(code=1)
 
 
 def _load_for_featurize(source: str, *, mirror: str | None, disorder: str):  # type: ignore[no-untyped-def]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matcard.structures.cells import cell_content
 from matcard.structures.checks import _finish
 from matcard.structures.cif import _parse_cif_text
 from matcard.structures.formats import _read_text
@@ -181,6 +183,11 @@ def _parse_item(item: _Item, options: _Options) -> list[Outcome]:
         if item.kind == "db":
             assert item.path is not None
             return _read_ase_db(item.path, options)
+        if item.kind in {"cell", "cell_poscar"}:  # a table cell: find what it holds here, in the worker
+            content = cell_content(item.text, poscar=item.kind == "cell_poscar")
+            if content is None:
+                return [ReadFailure(item.source, "the structure cell holds no CIF, POSCAR or Structure dict")]
+            return _parse_item(replace(item, kind=content[0], text=content[1]), options)
         if item.kind == "structure_dict":
             assert item.text is not None
             structure = _structure_from_obj(json.loads(item.text))
