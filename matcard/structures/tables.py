@@ -167,7 +167,7 @@ def find_structure_column(head: Any, explicit: str | None = None) -> tuple[Struc
         return found[0][0], ""
     shown = ", ".join(columns[:15]) + (f" (+{len(columns) - 15} more)" if len(columns) > 15 else "")
     why = (
-        f"no structure column in table: no column named like cif / structure / poscar, and none holds "
+        f"no CIF column in table: no column named like cif / structure / poscar, and none holds "
         f"CIF text or pymatgen Structure dicts in its first rows; columns seen: {shown}"
     )
     return None, why
