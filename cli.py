@@ -165,7 +165,9 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     mirror: Annotated[str | None, typer.Option(help="Mirror base URL for registry downloads.")] = None,
     disorder: Annotated[str, typer.Option(help="Partial occupancies: skip, keep or majority.")] = "skip",
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per structure file.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds allowed per structure file (grows with file size).")
+    ] = 10.0,
     workers: Annotated[int | None, typer.Option(help="Parser processes (default: CPUs, max 8).")] = None,
     query: Annotated[
         list[str] | None,
@@ -298,6 +300,9 @@ def featurize_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
     ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds allowed to parse one structure file (grows with file size).")
+    ] = 10.0,
 ) -> None:
     """Featurize a dataset into crystal graphs or composition descriptors (parallel, cached, sharded)."""
     import json
@@ -331,7 +336,7 @@ def featurize_command(
         else:
             raise UsageError(f"--featurizer must be 'graph' or 'composition', not {featurizer!r}")
         built = make_featurizer(featurizer, **options)
-        dataset = _load_for_featurize(source, mirror=mirror, disorder=disorder)
+        dataset = _load_for_featurize(source, mirror=mirror, disorder=disorder, timeout=timeout)
         report = featurize_dataset(
             dataset, built, task=task, out=out, jobs=jobs, shard_size=shard_size, progress=not as_json
         )
@@ -396,10 +401,10 @@ def featurize_command(
         raise typer.Exit(code=1)
 
 
-def _load_for_featurize(source: str, *, mirror: str | None, disorder: str):  # type: ignore[no-untyped-def]
+def _load_for_featurize(source: str, *, mirror: str | None, disorder: str, timeout: float):  # type: ignore[no-untyped-def]
     from matcard.datasets import load_dataset
 
-    return load_dataset(source, mirror=mirror, disorder=disorder)
+    return load_dataset(source, mirror=mirror, disorder=disorder, timeout=timeout)
 
 
 # === reproduce ===================================================================
@@ -562,6 +567,10 @@ def train_command(
         typer.Option("--out", "-o", help="Run directory (default: runs/<dataset>-<model>-<loss>-<time>)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds allowed to parse one structure file (data.timeout; grows with size)."),
+    ] = None,
 ) -> None:
     """Train a classifier; writes RUN/ (model bundle, metrics.json, history.csv, plots, splits)."""
     from matcard.config import parse_assignment
@@ -577,6 +586,7 @@ def train_command(
         "devices": devices,
         "accelerator": accelerator,
         "out": out,
+        "timeout": timeout,
     }
     try:
         for assignment in set_ or []:

@@ -1003,7 +1003,9 @@ def prepare_data(
 
     data_cfg = config.data
     kind = config.featurizer_kind()
-    dataset = load_dataset(data_cfg.dataset, mirror=data_cfg.mirror, progress=progress)
+    dataset = load_dataset(
+        data_cfg.dataset, mirror=data_cfg.mirror, progress=progress, timeout=data_cfg.timeout
+    )
     if kind == "graph" and dataset.kind != "structures":
         raise ConfigError(
             f"model.name: {config.model.name!r} needs crystal structures, but dataset {dataset.name!r} "

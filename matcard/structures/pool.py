@@ -119,16 +119,37 @@ def _ordered(
         yield from _run_pool(iter(entries), options, timeout, workers, bar, task)
 
 
+# The per-structure limit grows with the input: ``timeout`` seconds per TIMEOUT_SCALE_BYTES of CIF /
+# POSCAR text (at least ``timeout``), so a valid 5,000-atom CIF is not rejected on a busy machine.
+TIMEOUT_SCALE_BYTES = 50_000
+
+
+def item_time_limit(item: _Item, timeout: float) -> float:
+    """Seconds allowed for one work item under the base ``timeout``."""
+    size = 0
+    if item.text is not None:
+        size = len(item.text)
+    elif item.path is not None:
+        with contextlib.suppress(OSError):
+            size = os.path.getsize(item.path)
+    return timeout * max(1.0, size / TIMEOUT_SCALE_BYTES)
+
+
+def timeout_reason(limit: float) -> str:
+    return f"timeout after {limit:.3g}s (allow more with --timeout; the limit grows with file size)"
+
+
 def _run_inline(kind: str, payload: Any, options: _Options, timeout: float | None) -> tuple[str, Any]:
     if kind == "skipped":
         return ("skipped", payload)
     if kind == "outcome":
         return ("outcomes", [payload])
     try:
-        with _alarm(timeout):
+        limit = None if timeout is None else item_time_limit(payload, timeout)
+        with _alarm(limit):
             return ("outcomes", _parse_item(payload, options))
     except _AlarmTimeout:
-        return ("outcomes", [ReadFailure(payload.source, f"timeout after {timeout:g}s")])
+        return ("outcomes", [ReadFailure(payload.source, timeout_reason(limit or 0.0))])
 
 
 def _run_pool(
@@ -209,8 +230,10 @@ def _run_pool(
                 ready[index] = ("outcomes", outcomes)
             if timeout is not None:
                 now = time.monotonic()
-                for worker in [w for w in pool if w.pending and now - w.last_progress > timeout]:
-                    replace(worker, f"timeout after {timeout:g}s")
+                for worker in [w for w in pool if w.pending]:
+                    limit = item_time_limit(worker.pending[0][1], timeout)
+                    if now - worker.last_progress > limit:
+                        replace(worker, timeout_reason(limit))
     finally:
         for worker in pool:
             if worker.pending:
