@@ -13,7 +13,7 @@ from typing import Annotated, Optional  # noqa: F401  (Optional is used by comma
 import typer
 
 from matcard._version import __version__
-from matcard.console import console, print_wide
+from matcard.console import console, escape, print_wide
 from matcard.errors import MatcardError
 
 app = typer.Typer(
@@ -45,7 +45,7 @@ def _main(
 
 def fail(error: MatcardError) -> typer.Exit:
     """Report a MatcardError on stderr and return the Exit carrying its exit code."""
-    console.print(f"[bold red]error:[/] {error}")
+    console.print(f"[bold red]error:[/] {escape(error)}")
     return typer.Exit(code=error.exit_code)
 
 
@@ -147,7 +147,7 @@ def download_command(
         raise fail(err) from err
     if table.row_count:
         console.print(table)
-        console.print(f"[green]all checksums verified[/]; cache: {root}")
+        console.print(f"[green]all checksums verified[/]; cache: {escape(root)}")
 
 
 @app.command("inspect")
@@ -165,7 +165,9 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     mirror: Annotated[str | None, typer.Option(help="Mirror base URL for registry downloads.")] = None,
     disorder: Annotated[str, typer.Option(help="Partial occupancies: skip, keep or majority.")] = "skip",
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per structure file.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds allowed per structure file (grows with file size).")
+    ] = 10.0,
     workers: Annotated[int | None, typer.Option(help="Parser processes (default: CPUs, max 8).")] = None,
     query: Annotated[
         list[str] | None,
@@ -211,7 +213,7 @@ def inspect_command(
         if nothing:
             raise typer.Exit(code=1)
         return
-    overview = Table(title=f"inspect {source}", show_header=False)
+    overview = Table(title=f"inspect {escape(source)}", show_header=False)
     overview.add_column("field")
     overview.add_column("value")
     overview.add_row("kind", summary["kind"])
@@ -219,39 +221,39 @@ def inspect_command(
     overview.add_row("failed", f"{summary['n_failed']:,}")
     if summary["skipped"]:
         overview.add_row("skipped (not structures)", str(len(summary["skipped"])))
-    overview.add_row("tasks", ", ".join(summary["tasks"]) or "-")
+    overview.add_row("tasks", escape(", ".join(summary["tasks"]) or "-"))
     if summary.get("given_splits"):
         overview.add_row("given split", ", ".join(f"{k} {v:,}" for k, v in summary["given_splits"].items()))
     if summary.get("flags"):
-        overview.add_row("flags", ", ".join(f"{k}: {v}" for k, v in summary["flags"].items()))
+        overview.add_row("flags", escape(", ".join(f"{k}: {v}" for k, v in summary["flags"].items())))
     if summary["task"]:
-        overview.add_row("task", summary["task"])
+        overview.add_row("task", escape(summary["task"]))
         ratio = summary["imbalance_ratio"]
         overview.add_row("imbalance ratio", "-" if ratio is None else f"{ratio:.2f} : 1")
     console.print(overview)
     if summary["class_counts"]:
-        counts = Table(title=f"class counts ({summary['task']})")
+        counts = Table(title=f"class counts ({escape(summary['task'])})")
         counts.add_column("class")
         counts.add_column("count", justify="right")
         counts.add_column("share", justify="right")
         total = sum(summary["class_counts"].values()) or 1
         for name, count in summary["class_counts"].items():
-            counts.add_row(name, f"{count:,}", f"{100 * count / total:.1f} %")
+            counts.add_row(escape(name), f"{count:,}", f"{100 * count / total:.1f} %")
         console.print(counts)
     if summary["failures"] or summary["skipped"]:
         problems = Table(title="not read")
         problems.add_column("source", overflow="fold")
         problems.add_column("reason", overflow="fold")
         for item in summary["failures"][:50]:
-            problems.add_row(item["source"], item["reason"])
+            problems.add_row(escape(item["source"]), escape(item["reason"]))
         for item in summary["skipped"][:50]:
-            problems.add_row(item["source"], f"[dim]skipped: {item['reason']}[/]")
+            problems.add_row(escape(item["source"]), f"[dim]skipped: {escape(item['reason'])}[/]")
         extra = len(summary["failures"]) - 50
         if extra > 0:
             problems.add_row("…", f"{extra} more failures (use --json for all)")
         console.print(problems)
     if nothing:
-        console.print(f"[bold red]error:[/] no structures could be read from {source}")
+        console.print(f"[bold red]error:[/] no structures could be read from {escape(source)}")
         raise typer.Exit(code=1)
 
 
@@ -298,6 +300,9 @@ def featurize_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
     ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds allowed to parse one structure file (grows with file size).")
+    ] = 10.0,
 ) -> None:
     """Featurize a dataset into crystal graphs or composition descriptors (parallel, cached, sharded)."""
     import json
@@ -331,7 +336,7 @@ def featurize_command(
         else:
             raise UsageError(f"--featurizer must be 'graph' or 'composition', not {featurizer!r}")
         built = make_featurizer(featurizer, **options)
-        dataset = _load_for_featurize(source, mirror=mirror, disorder=disorder)
+        dataset = _load_for_featurize(source, mirror=mirror, disorder=disorder, timeout=timeout)
         report = featurize_dataset(
             dataset, built, task=task, out=out, jobs=jobs, shard_size=shard_size, progress=not as_json
         )
@@ -344,10 +349,10 @@ def featurize_command(
     summary["read_failures"] = len(getattr(dataset, "failures", []) or [])
     if as_json:
         summary["failed_items"] = [vars(f) for f in report.failures]
-        summary["unreadable"] = [
-            {"source": str(f.source), "reason": f.reason} for f in getattr(dataset, "failures", []) or []
-        ]
+        summary["unreadable"] = [f.to_dict() for f in getattr(dataset, "failures", []) or []]
         typer.echo(json.dumps(summary, indent=2, default=str))
+        if not summary["count"]:  # nothing featurized: a runtime failure, after the report
+            raise typer.Exit(code=1)
         return
     read_failures = list(getattr(dataset, "failures", []) or [])
     rows_failed = [(str(f.position), f.id, f.reason) for f in report.failures]
@@ -357,11 +362,11 @@ def featurize_command(
         for column in ("#", "id / source", "reason"):
             failures.add_column(column, overflow="fold")
         for row in rows_failed[:20]:
-            failures.add_row(*row)
+            failures.add_row(*map(escape, row))
         if len(rows_failed) > 20:
             failures.add_row("…", f"{len(rows_failed) - 20} more", "see --json / manifest.json")
         console.print(failures)
-    table = Table(title=f"featurized {getattr(dataset, 'name', source)} ({summary['kind']})")
+    table = Table(title=f"featurized {escape(getattr(dataset, 'name', source))} ({summary['kind']})")
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
     rate = summary["per_second"]
@@ -389,14 +394,17 @@ def featurize_command(
     for name, count in (summary.get("class_counts") or {}).items():
         rows.append((f"class {name}", f"{count:,}"))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(escape(name), escape(value))
     console.print(table)
+    if not summary["count"]:
+        console.print(f"[bold red]error:[/] nothing could be featurized from {escape(source)}")
+        raise typer.Exit(code=1)
 
 
-def _load_for_featurize(source: str, *, mirror: str | None, disorder: str):  # type: ignore[no-untyped-def]
+def _load_for_featurize(source: str, *, mirror: str | None, disorder: str, timeout: float):  # type: ignore[no-untyped-def]
     from matcard.datasets import load_dataset
 
-    return load_dataset(source, mirror=mirror, disorder=disorder)
+    return load_dataset(source, mirror=mirror, disorder=disorder, timeout=timeout)
 
 
 # === reproduce ===================================================================
@@ -484,7 +492,7 @@ def reproduce_synthetic(
     print_wide(table, 140)
     console.print(
         f"{result.elapsed_s:.0f} s ({result.reused_jobs} finished runs reused); "
-        f"wrote {', '.join(str(path) for path in result.files.values())}"
+        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}"
     )
     if json_output:
         typer.echo(json.dumps(reproduce.summary_for_json(result.summary), indent=2))
@@ -519,7 +527,7 @@ def _metrics_tables(metrics: dict, title: str) -> list:
     for name, row in metrics.get("per_class", {}).items():
         recall = row["recall"]
         per_class.add_row(
-            name,
+            escape(name),
             str(row["support"]),
             f"{row['precision']:.3f}",
             "n/a" if recall is None else f"{recall:.3f}",
@@ -562,6 +570,10 @@ def train_command(
         typer.Option("--out", "-o", help="Run directory (default: runs/<dataset>-<model>-<loss>-<time>)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds allowed to parse one structure file (data.timeout; grows with size)."),
+    ] = None,
 ) -> None:
     """Train a classifier; writes RUN/ (model bundle, metrics.json, history.csv, plots, splits)."""
     from matcard.config import parse_assignment
@@ -577,6 +589,7 @@ def train_command(
         "devices": devices,
         "accelerator": accelerator,
         "out": out,
+        "timeout": timeout,
     }
     try:
         for assignment in set_ or []:
@@ -598,7 +611,8 @@ def train_command(
         f"val macro-F1 {result.metrics['val']['macro_f1'] or 0:.4f}"
         + (f"; {len(result.failures)} item(s) skipped, see failures.csv" if result.failures else "")
     )
-    console.print(f"run directory: [bold]{result.run_dir}[/]  (model: {result.run_dir / 'model'})")
+    run_dir = escape(result.run_dir)
+    console.print(f"run directory: [bold]{run_dir}[/]  (model: {escape(result.run_dir / 'model')})")
 
 
 @app.command("evaluate")
@@ -796,10 +810,10 @@ def benchmark_command(
         raise typer.Exit(code=130) from None
     print_wide(benchmark.rich_table(result), 170)
     for line in benchmark.study_description(result):
-        console.print(f"  {line}")
+        console.print(f"  {escape(line)}")
     console.print(
         f"{result.trained_cells} cells trained, {result.reused_cells} reused, {result.elapsed_s:.0f} s; "
-        f"wrote {', '.join(str(path) for path in result.files.values())}"
+        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}"
     )
     if json_output:
         typer.echo(json.dumps(benchmark.summary_for_json(result), indent=2))
@@ -809,7 +823,7 @@ def main() -> None:
     try:
         app()
     except MatcardError as error:  # errors raised outside a command's own handling
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {escape(error)}")
         sys.exit(error.exit_code)
 
 

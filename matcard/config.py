@@ -46,6 +46,9 @@ class DataConfig(_Section):
         None, ge=10, description="stratified subsample of exactly this many items (quick runs)"
     )
     mirror: str | None = Field(None, description="download mirror (http:// or file:// base URL)")
+    timeout: float = Field(
+        10.0, gt=0.0, description="seconds to parse one structure file (grows with file size); path datasets"
+    )
 
 
 class FeaturizerConfig(_Section):
@@ -153,6 +156,7 @@ CLI_OVERRIDES: dict[str, str] = {
     "model": "model.name",
     "loss": "loss.name",
     "epochs": "trainer.epochs",
+    "timeout": "data.timeout",
     "batch_size": "trainer.batch_size",
     "seed": "trainer.seed",
     "devices": "trainer.devices",

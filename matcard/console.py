@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape as _escape_markup
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +16,15 @@ from rich.progress import (
 
 # Progress and diagnostics go to stderr so that `--json` output on stdout stays machine-readable.
 console = Console(stderr=True)
+
+
+def escape(value: object) -> str:
+    """Text from files (names, ids, reasons, parser messages, labels) as Rich shows it literally.
+
+    Rich reads ``[...]`` as markup: ``bad[red].cif`` would lose ``[red]`` and ``[/b]`` would raise
+    MarkupError. Every file-derived string goes through this before a print, table cell or title.
+    """
+    return _escape_markup(str(value))
 
 
 def make_progress(transient: bool = False, disable: bool = False) -> Progress:

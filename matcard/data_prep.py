@@ -131,7 +131,9 @@ def prepare_data(
 
     data_cfg = config.data
     kind = config.featurizer_kind()
-    dataset = load_dataset(data_cfg.dataset, mirror=data_cfg.mirror, progress=progress)
+    dataset = load_dataset(
+        data_cfg.dataset, mirror=data_cfg.mirror, progress=progress, timeout=data_cfg.timeout
+    )
     if kind == "graph" and dataset.kind != "structures":
         raise ConfigError(
             f"model.name: {config.model.name!r} needs crystal structures, but dataset {dataset.name!r} "
@@ -149,7 +151,12 @@ def prepare_data(
         progress=progress,
     )
     failures = [
-        {"id": str(getattr(f, "source", "")), "stage": "read", "reason": str(getattr(f, "reason", f))}
+        {
+            "id": str(getattr(f, "source", "")),
+            "stage": "read",
+            "reason": str(getattr(f, "reason", f)),
+            "detail": str(getattr(f, "detail", "")),
+        }
         for f in dataset.failures
     ] + failures
     if not graphs:
@@ -176,7 +183,9 @@ def prepare_data(
 
 def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "stage", "reason"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=["id", "stage", "reason", "detail"], lineterminator="\n", restval=""
+    )
     writer.writeheader()
     writer.writerows(failures)
     atomic_write_text(path, buffer.getvalue())

@@ -16,7 +16,7 @@ from typing import Any
 
 from matcard._version import __version__
 from matcard.config import TrainConfig, config_from_any, load_config
-from matcard.console import console
+from matcard.console import console, escape
 from matcard.errors import ConfigError, UsageError
 from matcard.fileio import atomic_write_json
 
@@ -199,7 +199,7 @@ def resolve_run(
     if failed_before_training(run_dir):
         # nothing was trained: the corrected settings start the run afresh
         if global_rank_from_env() == 0:
-            console.print(f"[yellow]{run_dir} failed before its first epoch; starting it afresh[/]")
+            console.print(f"[yellow]{escape(run_dir)} failed before its first epoch; starting it afresh[/]")
         return wanted, run_dir, False
     bad = [
         name

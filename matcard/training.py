@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matcard.config import TrainConfig, load_config
-from matcard.console import console
+from matcard.console import console, escape
 from matcard.data_prep import (
     SPLIT_FILE,
     SPLIT_NAMES,
@@ -347,7 +347,9 @@ def _fit(trainer: Any, module: Any, loaders: tuple[Any, Any], run_dir: Path, res
         last = checked_resume_checkpoints(checkpoint_dir) if checkpoint_dir.is_dir() else None
         ckpt_path = None if last is None else str(last)
         if ckpt_path is None and trainer.is_global_zero:
-            console.print(f"[yellow]no checkpoint in {checkpoint_dir}; training {run_dir} from the start[/]")
+            console.print(
+                f"[yellow]no checkpoint in {escape(checkpoint_dir)}; training {escape(run_dir)} from the start[/]"
+            )
     resume_hint = f"continue with: matcard train --out {run_dir} --resume"
     try:
         trainer.fit(module, *loaders, ckpt_path=ckpt_path, weights_only=True)

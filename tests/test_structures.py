@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import matcard.structures as structures_module
+import matcard.structures.parsers as parsers_module
+import matcard.structures.tables as tables_module
 from matcard.errors import UsageError
 from matcard.structures import (
     ReadFailure,
@@ -215,7 +216,8 @@ def test_pymatgen_json_single_list_and_mapping(shared_data: Path, tmp_path: Path
     mapping = read_structures(tmp_path / "mapping.json")
     assert [r.id for r in mapping.records] == [r.id for r in records]
     broken = read_structures(tmp_path / "broken.json")
-    assert not broken.records and broken.failures[0].reason.startswith("parse error")
+    assert not broken.records and broken.failures[0].reason == "not valid JSON"
+    assert broken.failures[0].detail.startswith("JSONDecodeError: ")
 
 
 def test_ase_database(shared_data: Path, tmp_path: Path) -> None:
@@ -317,7 +319,7 @@ def _slow_for_garnet(original):
 def test_watchdog_kills_hung_parser_and_continues(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Workers are forked, so they inherit the patched parser; the watchdog is the real one.
     monkeypatch.setattr(
-        structures_module, "_parse_cif_text", _slow_for_garnet(structures_module._parse_cif_text)
+        parsers_module, "_parse_cif_text", _slow_for_garnet(parsers_module._parse_cif_text)
     )
     folder = shared_data / "messy_cifs"
     files = [folder / n for n in ("V2O3.cif", "garnet.cif", "Co8.cif", "MgNiF6.cif", "btet_1915.cif")]
@@ -325,28 +327,28 @@ def test_watchdog_kills_hung_parser_and_continues(shared_data: Path, monkeypatch
     result = read_structures(*files, timeout=2, workers=2)
     assert time.monotonic() - started < 30
     reasons = {_file_of(f.source): f.reason for f in result.failures}
-    assert reasons["garnet.cif"] == "timeout after 2s"
+    assert reasons["garnet.cif"].startswith("timeout after 2s (allow more with --timeout")
     assert reasons["Co8.cif"].startswith("parser crashed")
     assert sorted(r.id for r in result.records) == ["MgNiF6", "V2O3", "btet_1915"]
 
 
 def test_inline_mode_time_limit(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        structures_module,
+        parsers_module,
         "_parse_cif_text",
         lambda *a, **k: time.sleep(30),
     )
     started = time.monotonic()
     result = read_structures(shared_data / "messy_cifs" / "garnet.cif", timeout=1, workers=0)
     assert time.monotonic() - started < 10
-    assert result.failures[0].reason == "timeout after 1s"
+    assert result.failures[0].reason.startswith("timeout after 1s (allow more with --timeout")
 
 
 # ------------------------------------------------------------------ streaming
 def test_tables_stream_in_chunks(
     mp20_rows: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(structures_module, "TABLE_CHUNK_ROWS", 7)  # 25 rows -> 4 chunks
+    monkeypatch.setattr(tables_module, "TABLE_CHUNK_ROWS", 7)  # 25 rows -> 4 chunks
     mp20_rows.to_csv(tmp_path / "rows.csv", index=False)
     mp20_rows.to_parquet(tmp_path / "rows.parquet")
     for name in ("rows.csv", "rows.parquet"):

@@ -413,12 +413,12 @@ def _load_registry(
             {
                 "name": spec.name,
                 "content_hash": content_hash,
-                "failures": [{"source": f.source, "reason": f.reason} for f in failures],
+                "failures": [f.to_dict() for f in failures],
             },
         )
     else:
         table, store, meta = cached
-        failures = [ReadFailure(f["source"], f["reason"]) for f in meta.get("failures", [])]
+        failures = [ReadFailure.from_dict(f) for f in meta.get("failures", [])]
         content_hash = meta.get("content_hash")
     return Dataset(
         spec.name,
@@ -482,8 +482,8 @@ def _load_path(
                 name,
                 table,
                 store,
-                [ReadFailure(f["source"], f["reason"]) for f in meta.get("failures", [])],
-                [ReadFailure(f["source"], f["reason"]) for f in meta.get("skipped", [])],
+                [ReadFailure.from_dict(f) for f in meta.get("failures", [])],
+                [ReadFailure.from_dict(f) for f in meta.get("skipped", [])],
                 source_text,
                 meta.get("content_hash"),
             )
@@ -516,8 +516,8 @@ def _load_path(
                 {
                     "name": name,
                     "content_hash": dataset.content_hash,
-                    "failures": [{"source": f.source, "reason": f.reason} for f in result.failures],
-                    "skipped": [{"source": f.source, "reason": f.reason} for f in result.skipped],
+                    "failures": [f.to_dict() for f in result.failures],
+                    "skipped": [f.to_dict() for f in result.skipped],
                 },
             )
         except Exception:  # e.g. mixed-type property columns Arrow cannot store: just don't cache
@@ -578,16 +578,27 @@ def _path_dataset(
 
 
 def _composition_table(path: Path) -> pd.DataFrame | None:
-    """A table without a CIF column but with a formula column is a composition dataset."""
-    from matcard.structures import CIF_COLUMN_CANDIDATES, _read_table
+    """A table without a structure column but with a formula column is a composition dataset.
 
-    table = _read_table(path)
-    lowered = {str(c).lower(): c for c in table.columns}
-    if any(c in lowered for c in CIF_COLUMN_CANDIDATES):
+    The decision is made on the head, so a structure table stays streamed by the structure reader; a
+    table that cannot be read at all is left to that reader too, which reports it as a failure.
+    """
+    from matcard.structures.tables import SNIFF_ROWS, _read_table, find_structure_column
+
+    try:
+        head = _read_table(path, nrows=SNIFF_ROWS)
+    except Exception:  # unreadable: read_structures reports the file with a plain reason
         return None
+    lowered = {str(c).lower(): c for c in head.columns}
     formula = next((lowered[c] for c in FORMULA_COLUMN_CANDIDATES if c in lowered), None)
-    if formula is None:
+    if formula is None or find_structure_column(head)[0] is not None:
         return None
+    try:
+        table = _read_table(path)
+    except Exception as err:
+        from matcard.structures import plain_reason
+
+        raise MatcardError(f"{path}: unreadable table: {plain_reason(err)[0]}") from err
     table = table.rename(columns={formula: "formula"})
     if "id" not in table.columns:
         table.insert(0, "id", [f"{path.stem}-{i}" for i in range(len(table))])

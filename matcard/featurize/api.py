@@ -196,7 +196,7 @@ def featurize_items(
     shards are (re)built. ``jobs``: worker processes (0 = all cores, 1 = this process; None =
     all cores unless the job is too small to pay for starting workers).
     """
-    from matcard.console import make_progress
+    from matcard.console import escape, make_progress
 
     began = time.perf_counter()
     featurizer = make_featurizer(featurizer)
@@ -232,7 +232,7 @@ def featurize_items(
 
         if pending:
             with make_progress(disable=not progress) as bar:
-                task = bar.add_task(f"featurize {name} ({featurizer.kind})", total=n_pending)
+                task = bar.add_task(f"featurize {escape(name)} ({featurizer.kind})", total=n_pending)
                 # one run per contiguous range of pending shards (usually exactly one)
                 ranges: list[list[int]] = []
                 for k in pending:

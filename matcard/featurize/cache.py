@@ -335,9 +335,9 @@ def store_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            from matcard.console import console
+            from matcard.console import console, escape
 
-            console.print(f"waiting for another process featurizing into {path} ...")
+            console.print(f"waiting for another process featurizing into {escape(path)} ...")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -426,7 +426,7 @@ def _run(
     keep_parts: bool,
     progress: bool,
 ) -> ScreenResult:
-    from matcard.console import console, make_progress
+    from matcard.console import console, escape, make_progress
 
     out = out.resolve()
     schema = prediction_schema(class_names)
@@ -441,7 +441,7 @@ def _run(
     finished = store.finished_keys()
     n_resumed = store.committed_items
     if resume and not store.shards:
-        console.print(f"nothing to resume in {store.directory}: screening from the start")
+        console.print(f"nothing to resume in {escape(store.directory)}: screening from the start")
     if resume and n_resumed:
         console.print(f"resuming: {n_resumed} item(s) in {len(store.shards)} shard(s) already done")
 

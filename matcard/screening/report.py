@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from matcard.console import escape
 from matcard.screening.pipeline import ScreenResult
 
 
@@ -14,15 +15,15 @@ def summary_table(result: ScreenResult) -> Table:
     table.add_column("share", justify="right")
     total = result.n_predicted + result.n_failed
     for name, count in result.class_counts.items():
-        table.add_row(f"predicted {name}", f"{count:,}", _share(count, result.n_predicted))
+        table.add_row(f"predicted {escape(name)}", f"{count:,}", _share(count, result.n_predicted))
     table.add_section()
     table.add_row("predicted (total)", f"{result.n_predicted:,}", _share(result.n_predicted, total))
     table.add_row("flagged", f"{result.n_flagged:,}", _share(result.n_flagged, result.n_predicted))
     for name, count in list(result.flag_counts.items())[:6]:
-        table.add_row(f"  {name}", f"{count:,}", _share(count, result.n_predicted))
+        table.add_row(f"  {escape(name)}", f"{count:,}", _share(count, result.n_predicted))
     table.add_row("failed", f"{result.n_failed:,}", _share(result.n_failed, total))
     for reason, count in list(result.failure_reasons.items())[:5]:
-        table.add_row(f"  {reason}", f"{count:,}", "")
+        table.add_row(f"  {escape(reason)}", f"{count:,}", "")
     if result.shortlist_path is not None:
         table.add_row("shortlist", f"{result.shortlist_size:,}", "")
     table.add_section()
@@ -34,10 +35,10 @@ def summary_table(result: ScreenResult) -> Table:
     table.add_row("backend", result.backend, "")
     if result.out is not None:
         table.add_section()
-        table.add_row("results", str(result.out), "")
-        table.add_row("errors", str(result.errors_path), "")
+        table.add_row("results", escape(result.out), "")
+        table.add_row("errors", escape(result.errors_path), "")
         if result.shortlist_path is not None:
-            table.add_row("shortlist file", str(result.shortlist_path), "")
+            table.add_row("shortlist file", escape(result.shortlist_path), "")
     return table
 
 

@@ -1,0 +1,151 @@
+"""CIF parsing (multi-block files) and pymatgen warning -> data-quality flag mapping."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from matcard.structures.checks import _finish
+from matcard.structures.reasons import plain_reason
+from matcard.structures.records import Outcome, ReadFailure, _Options
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+
+# --------------------------------------------------------------------------------------------
+# Warning classification
+# --------------------------------------------------------------------------------------------
+_BENIGN_WARNING_PATTERNS = (
+    re.compile(r"^Issues encountered while parsing CIF"),  # summary repeating the warnings below
+    re.compile(r"Keys changed to match new magCIF specification"),
+    re.compile(r"Skipping relative stoichiometry check"),
+    re.compile(r"Cannot determine chemical composition from CIF"),  # check skipped, data untouched
+    re.compile(r"No structure parsed for section"),  # handled per block
+    re.compile(r"No Pauling electronegativity"),  # noble gases: formula ordering only
+)
+_FLAG_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"parsed as\s*$", re.S), "cif_warning:sites_dropped"),
+    (re.compile(r"parsed as \S"), "cif_warning:symbol_reinterpreted"),
+    (re.compile(r"fractional coordinates rounded"), "cif_warning:coords_rounded"),
+    (re.compile(r"Incorrect stoichiometry|Missing elements"), "cif_warning:formula_mismatch"),
+    (re.compile(r"occupancies .* sum to > 1", re.S), "cif_warning:occupancy_rescaled"),
+    (re.compile(r"Defaulting to P1"), "cif_warning:symmetry_assumed_p1"),
+    (re.compile(r"No _symmetry_equiv_pos_as_xyz"), "cif_warning:symmetry_from_hm"),
+    (re.compile(r"Possible issue in CIF file at line"), "cif_warning:syntax_issue"),
+    (re.compile(r"Pauling file corrections applied"), "cif_warning:pauling_file_corrections"),
+)
+
+
+def classify_warnings(messages: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Map parser warning messages to (flags, kept messages); benign notices are dropped."""
+    flags: list[str] = []
+    kept: list[str] = []
+    for message in messages:
+        if any(pattern.search(message) for pattern in _BENIGN_WARNING_PATTERNS):
+            continue
+        flag = next((name for pattern, name in _FLAG_PATTERNS if pattern.search(message)), None)
+        flag = flag or "cif_warning:other"
+        if flag not in flags:
+            flags.append(flag)
+        short = " ".join(message.split())[:200]
+        if short not in kept:
+            kept.append(short)
+    return tuple(flags), tuple(kept)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-format parsers (run in workers)
+# --------------------------------------------------------------------------------------------
+_ATOM_SITE_KEYS = ("_atom_site_fract_x", "_atom_site_cartn_x")
+_DATA_BLOCK = re.compile(r"^\s*data_", re.M)
+
+
+def _has_atom_sites(data: dict[str, Any]) -> bool:
+    """A block with at least one real coordinate (exports put '?' placeholders in empty blocks)."""
+    for key, values in data.items():
+        if key.lower() in _ATOM_SITE_KEYS:
+            items = values if isinstance(values, list) else [values]
+            if any(str(v).strip() not in {"?", "."} for v in items):
+                return True
+    return False
+
+
+def _parse_cif_text(
+    text: str,
+    item_id: str,
+    source: str,
+    label: object | None,
+    options: _Options,
+    extra_flags: tuple[str, ...] = (),
+    properties: dict[str, Any] | None = None,
+) -> list[Outcome]:
+    from pymatgen.io.cif import CifFile, CifParser
+
+    def parse_one(cif_text: str) -> tuple[Structure, tuple[str, ...], tuple[str, ...]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parser = CifParser.from_str(
+                cif_text,
+                occupancy_tolerance=options.occupancy_tolerance,
+                site_tolerance=options.site_tolerance,
+            )
+            try:
+                structures = parser.parse_structures(primitive=False, on_error="warn")
+            except ValueError:  # "Invalid CIF file with no structures!": the reasons are in warnings
+                structures = []
+        # parser.warnings holds every parsing issue; the caught warnings add the stoichiometry check.
+        messages = list(dict.fromkeys([*parser.warnings, *(str(w.message) for w in caught)]))
+        if not structures:
+            problems = [" ".join(m.split()) for m in messages if not m.startswith("Issues encountered")]
+            detail = "; ".join(
+                dict.fromkeys(p.replace("No structure parsed for section 1 in CIF. ", "") for p in problems)
+            )
+            raise ValueError(f"no structure could be built ({detail or 'no usable atom sites'})")
+        flags, kept = classify_warnings(messages)
+        return structures[0], flags, kept
+
+    encoding_flags = tuple(f.split(" ", 1)[0] for f in extra_flags)
+    encoding_messages = tuple(f for f in extra_flags if " " in f)
+    if len(_DATA_BLOCK.findall(text)) == 1 and re.search(r"_atom_site_(fract|cartn)_x", text, re.I):
+        # Fast path (e.g. a CSV's CIF column): one block with atoms, parsed once.
+        try:
+            structure, flags, messages = parse_one(text)
+        except Exception as err:
+            return [ReadFailure(source, *plain_reason(err))]
+        flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)
+        return [_finish(structure, item_id, source, label, options, flags, messages, properties)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            blocks = list(CifFile.from_str(text).data.items())
+        except Exception as err:
+            return [ReadFailure(source, *plain_reason(err))]
+    structural = [(name, block) for name, block in blocks if _has_atom_sites(block.data)]
+    if not structural:
+        return [ReadFailure(source, "no atom sites in CIF (no _atom_site_fract_x / _Cartn_x loop)")]
+    outcomes: list[Outcome] = []
+    multi = len(structural) > 1
+    for name, block in structural:
+        block_source = f"{source}#{name}" if multi else source
+        block_id = f"{item_id}:{name}" if multi else item_id
+        try:
+            structure, flags, messages = parse_one(str(block) if len(blocks) > 1 else text)
+        except Exception as err:
+            outcomes.append(ReadFailure(block_source, *plain_reason(err)))
+            continue
+        outcomes.append(
+            _finish(
+                structure,
+                block_id,
+                block_source,
+                label,
+                options,
+                (*encoding_flags, *flags),
+                (*encoding_messages, *messages),
+                properties,
+            )
+        )
+    return outcomes

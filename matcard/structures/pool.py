@@ -1,0 +1,288 @@
+"""Parser worker pool with a per-structure watchdog; in-process mode with SIGALRM."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from matcard.console import make_progress
+from matcard.structures.parsers import _parse_item
+from matcard.structures.records import Outcome, ReadFailure, _Item, _Options
+
+
+# --------------------------------------------------------------------------------------------
+# Worker pool with a watchdog
+# --------------------------------------------------------------------------------------------
+def _worker_main(conn: multiprocessing.connection.Connection, options: _Options) -> None:
+    """Worker loop: receive batches of (index, item); send one (index, outcomes) per item."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
+    warnings.simplefilter("ignore")
+    while True:
+        try:
+            batch = conn.recv()
+        except EOFError:
+            return
+        if batch is None:
+            return
+        for index, item in batch:
+            conn.send((index, _parse_item(item, options)))
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """Fork where available: a new worker (also the replacement of a killed one) costs a fork, not an
+    interpreter start, and scripts without a ``__main__`` guard still work (forkserver and spawn
+    re-import the main module). The parser modules are imported first so children inherit them."""
+    import pymatgen.io.cif
+    import pymatgen.io.vasp  # noqa: F401
+
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")  # pragma: no cover - non-POSIX
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _Worker:
+    def __init__(self, ctx: multiprocessing.context.BaseContext, options: _Options) -> None:
+        parent_conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, options), daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.conn = parent_conn
+        self.pending: deque[tuple[int, _Item]] = deque()
+        self.last_progress = time.monotonic()
+
+    def send(self, batch: list[tuple[int, _Item]]) -> None:
+        if not self.pending:  # the clock runs for the item at the head of the queue only
+            self.last_progress = time.monotonic()
+        self.pending.extend(batch)
+        self.conn.send(batch)
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.kill()
+        self.process.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.send(None)
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.kill()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _ordered(
+    entries: Iterable[tuple[str, Any]],
+    *,
+    options: _Options,
+    timeout: float | None,
+    workers: int | None,
+    progress: bool,
+    description: str,
+    total: int | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """Run work entries and yield results in input order.
+
+    ``entries``: ("item", _Item) to parse, ("outcome", Outcome) passed through, ("skipped",
+    ReadFailure). Yields ("outcomes", list[Outcome]) or ("skipped", ReadFailure), one per entry.
+    Entries are pulled lazily (a bounded window ahead of the output), so a huge table streams.
+    """
+    if workers is None:
+        workers = min(available_cpus(), 8)
+    if workers > 0 and multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (e.g. a Pool worker) may not start children: parse here
+    with make_progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(description, total=total)
+        if workers <= 0:
+            for kind, payload in entries:
+                yield _run_inline(kind, payload, options, timeout)
+                bar.advance(task)
+            return
+        yield from _run_pool(iter(entries), options, timeout, workers, bar, task)
+
+
+# The per-structure limit grows with the input: ``timeout`` seconds per TIMEOUT_SCALE_BYTES of CIF /
+# POSCAR text (at least ``timeout``), so a valid 5,000-atom CIF is not rejected on a busy machine.
+TIMEOUT_SCALE_BYTES = 50_000
+
+
+def item_time_limit(item: _Item, timeout: float) -> float:
+    """Seconds allowed for one work item under the base ``timeout``."""
+    size = 0
+    if item.text is not None:
+        size = len(item.text)
+    elif item.path is not None:
+        with contextlib.suppress(OSError):
+            size = os.path.getsize(item.path)
+    return timeout * max(1.0, size / TIMEOUT_SCALE_BYTES)
+
+
+def timeout_reason(limit: float) -> str:
+    return f"timeout after {limit:.3g}s (allow more with --timeout; the limit grows with file size)"
+
+
+def _run_inline(kind: str, payload: Any, options: _Options, timeout: float | None) -> tuple[str, Any]:
+    if kind == "skipped":
+        return ("skipped", payload)
+    if kind == "outcome":
+        return ("outcomes", [payload])
+    try:
+        limit = None if timeout is None else item_time_limit(payload, timeout)
+        with _alarm(limit):
+            return ("outcomes", _parse_item(payload, options))
+    except _AlarmTimeout:
+        return ("outcomes", [ReadFailure(payload.source, timeout_reason(limit or 0.0))])
+
+
+def _run_pool(
+    entries: Iterator[tuple[str, Any]],
+    options: _Options,
+    timeout: float | None,
+    workers: int,
+    bar: Any,
+    task: Any,
+) -> Iterator[tuple[str, Any]]:
+    """The watchdog pool behind :func:`_ordered` (workers are forked on demand, up to ``workers``)."""
+    ctx: multiprocessing.context.BaseContext | None = None
+    pool: list[_Worker] = []
+    todo: deque[tuple[int, _Item]] = deque()
+    ready: dict[int, tuple[str, Any]] = {}
+    max_ahead = 64 * workers + 256  # bounds memory: entries pulled but not yet yielded
+    next_seq = seq = 0
+    exhausted = False
+
+    def replace(worker: _Worker, reason: str) -> None:
+        """Kill a worker, fail the item it was on, re-queue the rest of its batch."""
+        head_index, head_item = worker.pending.popleft()
+        ready[head_index] = ("outcomes", [ReadFailure(head_item.source, reason)])
+        todo.extendleft(reversed(worker.pending))
+        worker.pending.clear()
+        worker.kill()
+        pool.remove(worker)
+
+    try:
+        while True:
+            while not exhausted and seq - next_seq < max_ahead:
+                try:
+                    kind, payload = next(entries)
+                except StopIteration:
+                    exhausted = True
+                    bar.update(task, total=seq)
+                    break
+                if kind == "item":
+                    todo.append((seq, payload))
+                elif kind == "outcome":
+                    ready[seq] = ("outcomes", [payload])
+                else:
+                    ready[seq] = ("skipped", payload)
+                seq += 1
+            while next_seq in ready:
+                yield ready.pop(next_seq)
+                next_seq += 1
+                bar.advance(task)
+            if exhausted and next_seq == seq:
+                return
+            if not todo and not any(w.pending for w in pool):
+                continue  # everything pulled so far was emitted: pull more
+            if ctx is None:
+                ctx = _mp_context()
+            if todo and len(pool) < workers and all(w.pending for w in pool):
+                pool.append(_Worker(ctx, options))
+            for worker in pool:
+                # Small batches keep every worker busy without starving the others at the end; a
+                # second batch is queued before the first runs dry so a worker never waits on us.
+                size = max(1, min(32, len(todo) // (4 * workers)))
+                if todo and len(worker.pending) <= size // 2:
+                    worker.send([todo.popleft() for _ in range(min(size, len(todo)))])
+            busy = {w.conn: w for w in pool if w.pending}
+            wait_for = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
+            for conn in multiprocessing.connection.wait(list(busy), timeout=wait_for):
+                worker = busy[conn]
+                try:
+                    index, outcomes = conn.recv()
+                except (EOFError, OSError):
+                    # The worker died (segfault, OOM kill): blame the item it was on, retry the rest.
+                    worker.process.join(timeout=1)
+                    replace(worker, f"parser crashed (exit code {worker.process.exitcode})")
+                    continue
+                expected_index, _ = worker.pending.popleft()
+                if expected_index != index:  # pragma: no cover - protocol invariant
+                    raise RuntimeError(f"worker returned item {index}, expected {expected_index}")
+                worker.last_progress = time.monotonic()
+                ready[index] = ("outcomes", outcomes)
+            if timeout is not None:
+                now = time.monotonic()
+                for worker in [w for w in pool if w.pending]:
+                    limit = item_time_limit(worker.pending[0][1], timeout)
+                    if now - worker.last_progress > limit:
+                        replace(worker, timeout_reason(limit))
+    finally:
+        for worker in pool:
+            if worker.pending:
+                worker.kill()
+            else:
+                worker.stop()
+
+
+class _AlarmTimeout(BaseException):  # not an Exception: parsers must not swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _alarm(timeout: float | None) -> Iterator[None]:
+    """Best-effort in-process time limit (main thread only) for workers=0."""
+    if timeout is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _AlarmTimeout
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def parse_items(
+    items: Sequence[_Item],
+    *,
+    options: _Options,
+    timeout: float | None,
+    workers: int | None,
+    progress: bool = False,
+    description: str = "Reading structures",
+) -> Iterator[tuple[int, list[Outcome]]]:
+    """Parse work items (pool or inline), yielding (index, outcomes) in input order."""
+    results = _ordered(
+        (("item", item) for item in items),
+        options=options,
+        timeout=timeout,
+        workers=workers,
+        progress=progress,
+        description=description,
+        total=len(items),
+    )
+    for index, (_, outcomes) in enumerate(results):
+        yield index, outcomes

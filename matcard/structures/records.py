@@ -1,0 +1,94 @@
+"""Public records (StructureRecord, ReadFailure, ReadResult) and the picklable work items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+
+DisorderPolicy = Literal["skip", "keep", "majority"]
+DISORDER_POLICIES: tuple[str, ...] = ("skip", "keep", "majority")
+
+
+# --------------------------------------------------------------------------------------------
+# Public records
+# --------------------------------------------------------------------------------------------
+@dataclass
+class StructureRecord:
+    id: str  # file stem, CIF block name, db row id, CSV id column...
+    source: str  # path (and block / row) it came from
+    structure: Structure  # pymatgen
+    label: object | None = None
+    flags: tuple[str, ...] = ()  # e.g. "cif_warning:...", "disordered_kept", "majority_species"
+    warnings: tuple[str, ...] = ()  # raw parser warnings behind the flags
+    properties: dict[str, Any] = field(default_factory=dict)  # other columns / ASE key-value pairs
+
+
+@dataclass
+class ReadFailure:
+    source: str
+    reason: str  # a short plain sentence: "disordered", "timeout after 10s (...)", "the cell is nearly flat"
+    detail: str = ""  # the raw parser exception ("ValueError: ...") behind the reason, when there was one
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": str(self.source), "reason": self.reason, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReadFailure:
+        """Inverse of :meth:`to_dict`; caches written before ``detail`` existed have none."""
+        return cls(str(data["source"]), str(data["reason"]), str(data.get("detail", "") or ""))
+
+
+@dataclass
+class ReadResult:
+    records: list[StructureRecord]
+    failures: list[ReadFailure]
+    # Files recognised as not holding structures (label files, notes, tables of metadata).
+    skipped: list[ReadFailure] = field(default_factory=list)
+
+    @property
+    def structures(self) -> list[Structure]:
+        return [record.structure for record in self.records]
+
+    @property
+    def ids(self) -> list[str]:
+        return [record.id for record in self.records]
+
+    @property
+    def labels(self) -> list[object | None]:
+        return [record.label for record in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class Skipped(ReadFailure):
+    """A source that holds no structure by design (label file, notes); not counted as a failure."""
+
+
+# --------------------------------------------------------------------------------------------
+# Work items: what a worker parses. Everything here must be picklable.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Item:
+    kind: str  # "cif" | "poscar" | "xyz" | "json" | "cif_text" | "poscar_text" | "structure_dict"
+    source: str
+    path: str | None = None
+    text: str | None = None
+    id: str | None = None
+    label: object | None = None
+    properties: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Options:
+    disorder: str = "skip"
+    occupancy_tolerance: float = 1.0
+    site_tolerance: float = 1e-4
+
+
+Outcome = StructureRecord | ReadFailure

@@ -1,0 +1,60 @@
+"""The per-structure parse limit grows with file size and its failure reason says how to raise it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import matcard.structures.parsers as parsers_module
+from cli import app
+from matcard.structures import read_structures
+from matcard.structures.pool import TIMEOUT_SCALE_BYTES, item_time_limit
+from matcard.structures.records import _Item
+
+
+def test_limit_scales_with_text_and_file_size(tmp_path: Path) -> None:
+    small = _Item(kind="cif_text", source="s", text="x" * 100)
+    big = _Item(kind="cif_text", source="b", text="x" * (20 * TIMEOUT_SCALE_BYTES))
+    (tmp_path / "big.cif").write_text("x" * (4 * TIMEOUT_SCALE_BYTES))
+    on_disk = _Item(kind="cif", source="f", path=str(tmp_path / "big.cif"))
+    assert item_time_limit(small, 10) == 10
+    assert item_time_limit(big, 10) == pytest.approx(200)
+    assert item_time_limit(on_disk, 10) == pytest.approx(40)
+
+
+def _slow(original):  # type: ignore[no-untyped-def]
+    def parse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(1.5)  # the same work for both files: only the size differs
+        return original(*args, **kwargs)
+
+    return parse
+
+
+def test_a_large_file_gets_more_time_than_a_small_one(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parsers_module, "_parse_cif_text", _slow(parsers_module._parse_cif_text))
+    text = (shared_data / "cgcnn_sample_classification" / "1000041.cif").read_text()
+    (tmp_path / "small.cif").write_text(text)
+    padding = "#" + " " * 100 + "\n"  # CIF comments: valid, and the size of a big cell's atom list
+    (tmp_path / "large.cif").write_text(text + padding * (5 * TIMEOUT_SCALE_BYTES // len(padding)))
+    result = read_structures(tmp_path / "small.cif", tmp_path / "large.cif", timeout=0.5, workers=1)
+    assert [r.id for r in result.records] == ["large"]
+    (failure,) = result.failures
+    assert Path(failure.source).name == "small.cif"
+    assert failure.reason.startswith("timeout after 0.5s") and "--timeout" in failure.reason
+
+
+def test_featurize_and_train_take_timeout_and_the_config_validates_it() -> None:
+    from matcard.config import load_config
+    from matcard.errors import ConfigError
+
+    runner = CliRunner()
+    for command in ("featurize", "train", "inspect", "screen"):
+        assert "--timeout" in runner.invoke(app, [command, "--help"]).output
+    assert load_config(overrides={"timeout": 60}).data.timeout == 60
+    with pytest.raises(ConfigError, match="timeout"):
+        load_config(overrides={"data.timeout": -1})
