@@ -348,7 +348,8 @@ def _fit(trainer: Any, module: Any, loaders: tuple[Any, Any], run_dir: Path, res
         ckpt_path = None if last is None else str(last)
         if ckpt_path is None and trainer.is_global_zero:
             console.print(
-                f"[yellow]no checkpoint in {escape(checkpoint_dir)}; training {escape(run_dir)} from the start[/]"
+                f"[yellow]no checkpoint in {escape(checkpoint_dir)}; "
+                f"training {escape(run_dir)} from the start[/]"
             )
     resume_hint = f"continue with: matcard train --out {run_dir} --resume"
     try:
