@@ -13,8 +13,8 @@ with ``allow_pickle=False`` (no pickled code; building and checking a store neve
 which matters for the CLI's start-up). The manifest is rewritten atomically after
 every shard, so an interrupted run resumes from its last complete shard; on open every shard's
 size and sha256 are checked against the manifest and a truncated or corrupt shard is rebuilt,
-never trusted. Because each shard is self-contained, data larger than memory streams one shard
-at a time (:meth:`FeatureStore.iter_data`, :class:`ShardedGraphDataset`).
+never trusted (one line on stderr names it and why). Because each shard is self-contained, data
+larger than memory streams one shard at a time (:meth:`FeatureStore.iter_data`, :class:`ShardedGraphDataset`).
 
 The cache key is the sha256 of (dataset content hash, featurizer config, matcard version,
 element-table digest, store format); labels are not part of it: graphs do not depend on the
