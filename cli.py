@@ -115,11 +115,10 @@ def download_command(
     all_datasets: Annotated[bool, typer.Option("--all", help="Download every downloadable dataset.")] = False,
 ) -> None:
     """Download datasets (streamed, resumable, sha256-verified, atomically placed in the cache)."""
-    from pathlib import Path
-
     from rich.table import Table
 
-    from matcard.datasets import REGISTRY, download_dataset, get_spec
+    from matcard.datasets import REGISTRY, get_spec
+    from matcard.datasets.download import download_files
     from matcard.errors import UsageError
 
     try:
@@ -129,25 +128,33 @@ def download_command(
             specs = [get_spec(n) for n in names]
         else:
             raise UsageError("give a dataset name (see `matcard datasets`) or --all")
-        table = Table(title="downloaded")
+        table = Table(title="datasets")
         root = None
-        for column in ("dataset", "file", "size", "sha256"):
+        statuses: list[str] = []
+        for column in ("dataset", "file", "size", "sha256", "status"):
             table.add_column(column)
         for spec in specs:
             if spec.embedded or spec.live:
                 kind = "embedded in pymatgen" if spec.embedded else "queried live: inspect it with --query"
                 console.print(f"{spec.name}: nothing to download ({kind})")
                 continue
-            paths = download_dataset(spec, root=dest, mirror=mirror, force=force)
-            for remote, path in zip(spec.files, paths, strict=True):
-                size = _human_bytes(Path(path).stat().st_size)
-                table.add_row(spec.name, remote.relative_path, size, remote.sha256[:16] + "…")
-                root = Path(path).parent.parent
+            for item in download_files(spec, root=dest, mirror=mirror, force=force):
+                size = _human_bytes(item.path.stat().st_size)
+                status = "already cached (verified)" if item.status == "cached" else item.status
+                table.add_row(
+                    spec.name, item.remote.relative_path, size, item.remote.sha256[:16] + "…", status
+                )
+                statuses.append(item.status)
+                root = item.path.parent.parent
     except MatcardError as err:
         raise fail(err) from err
     if table.row_count:
-        console.print(table)
-        console.print(f"[green]all checksums verified[/]; cache: {escape(root)}")
+        print_wide(table, 120)
+        fetched = len(statuses) - statuses.count("cached")
+        console.print(
+            f"[green]all checksums verified[/]: {fetched} downloaded, {statuses.count('cached')} already "
+            f"cached; cache: {escape(root)}"
+        )
 
 
 @app.command("inspect")

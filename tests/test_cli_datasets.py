@@ -172,3 +172,16 @@ def test_nothing_readable_exits_1_after_reporting(shared_data: Path) -> None:
     assert summary["n_structures"] == 0 and summary["n_failed"] == 1
     human = runner.invoke(app, ["inspect", str(bad)])
     assert human.exit_code == 1 and "no structures could be read" in human.output
+
+
+def test_download_says_what_it_fetched_and_what_was_already_cached(file_mirror: str, tmp_path: Path) -> None:
+    args = ["download", "perov5", "--dest", str(tmp_path), "--mirror", file_mirror]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "2 downloaded, 0 already cached" in first.output
+    assert "already cached (verified)" not in first.output
+    (tmp_path / "perov5" / "test.csv").unlink()
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "1 downloaded, 1 already cached" in second.output
+    assert "already cached (verified)" in second.output

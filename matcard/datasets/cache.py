@@ -8,6 +8,11 @@ Parsed structures are stored compactly, one row per structure: ``lattice`` (9 fl
 ``species`` (list of symbols; a disordered site is a JSON occupancy dict), ``frac_coords``
 (3 floats per site), ``flags``. Loading reads these as flat Arrow buffers, and pymatgen
 ``Structure`` objects are built only when asked for (:class:`StructureStore`).
+
+Each Parquet file has a manifest beside it (``<name>-<key>.parquet.json``: sha256 and size of the
+Parquet bytes), written after the Parquet file. On open the bytes are hashed once and parsed from the
+same buffer; a missing manifest or a mismatch means the cache is rebuilt (with a one-line notice),
+because Parquet itself has no checksum that catches a flipped byte inside a value.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from matcard.fileio import atomic_path
+from matcard.fileio import atomic_path, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import pyarrow as pa
     from pymatgen.core import Structure
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: checksummed by a manifest beside the Parquet file
 _STRUCTURE_COLUMNS = ("lattice", "species", "frac_coords", "flags")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,21 +222,69 @@ def write_parsed(
     meta = dict(arrow.schema.metadata or {})
     meta[b"matcard"] = json.dumps({"cache_version": CACHE_VERSION, **metadata}, default=str).encode()
     arrow = arrow.replace_schema_metadata(meta)
+    manifest = manifest_path(path)
+    manifest.unlink(missing_ok=True)  # never a manifest vouching for bytes it did not see
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
-        tmp.chmod(0o644)  # mkstemp creates 0600; a shared cache must stay readable
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+    atomic_write_json(manifest, {"cache_version": CACHE_VERSION, "sha256": digest, "bytes": size})
+
+
+def manifest_path(path: Path) -> Path:
+    """The checksum manifest of a parsed-dataset Parquet file."""
+    return path.with_name(path.name + ".json")
+
+
+def _verified_bytes(path: Path) -> tuple[bytes | None, str]:
+    """(the file's bytes, "") when they match the manifest, else (None, why not)."""
+    try:
+        manifest = json.loads(manifest_path(path).read_text())
+        expected, size = str(manifest["sha256"]), int(manifest["bytes"])
+    except FileNotFoundError:
+        return None, "it has no checksum manifest"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return None, f"its manifest is unreadable ({error})"
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return None, f"unreadable: {error}"
+    if len(data) != size:
+        return None, f"size {len(data)} != {size} bytes in its manifest"
+    if hashlib.sha256(data).hexdigest() != expected:
+        return None, "sha256 mismatch"
+    return data, ""
+
+
+def _rebuild_notice(path: Path, reason: str) -> None:
+    from matcard.console import console
+
+    console.print(
+        f"parsed-dataset cache {path} is corrupt ({reason}); rebuilding it",
+        markup=False,
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def read_parsed(path: Path) -> tuple[pd.DataFrame, StructureStore | None, dict[str, Any]] | None:
-    """Read a parsed dataset, or None when missing / from another cache version / unreadable."""
+    """Read a parsed dataset, or None when missing / from another cache version / corrupt.
+
+    The bytes are checked against the manifest's sha256 before they are parsed; a corrupt cache
+    prints one line on stderr and returns None, so the caller parses the source again."""
     if not path.is_file():
         return None
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    data, reason = _verified_bytes(path)
+    if data is None:
+        _rebuild_notice(path, reason)
+        return None
     try:
-        arrow = pq.read_table(path)
+        arrow = pq.read_table(pa.BufferReader(data))
         meta = json.loads((arrow.schema.metadata or {}).get(b"matcard", b"{}"))
-    except Exception:  # a damaged cache is rebuilt, never trusted
+    except Exception as error:  # a damaged cache is rebuilt, never trusted
+        _rebuild_notice(path, f"unreadable: {error}")
         return None
     if meta.get("cache_version") != CACHE_VERSION:
         return None
@@ -247,4 +300,12 @@ def read_parsed(path: Path) -> tuple[pd.DataFrame, StructureStore | None, dict[s
     return table, store, meta
 
 
-__all__ = ["StructureStore", "cache_key", "data_dir", "parsed_cache_path", "read_parsed", "write_parsed"]
+__all__ = [
+    "StructureStore",
+    "cache_key",
+    "data_dir",
+    "manifest_path",
+    "parsed_cache_path",
+    "read_parsed",
+    "write_parsed",
+]

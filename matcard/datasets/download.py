@@ -4,7 +4,10 @@ A file is written to ``<dest>.part`` while it streams. An interrupted download l
 ``.part`` behind, and the next attempt resumes it with an HTTP ``Range`` request (or restarts
 cleanly when the server answers 200 instead of 206). Only a file whose sha256 matches the registry
 is renamed onto its final name; on a mismatch the downloaded bytes are deleted and a
-:class:`ChecksumError` names the file, the URL and both checksums.
+:class:`ChecksumError` names the file, the URL and both checksums. A stream is cut off (and its
+``.part`` deleted) once it passes the registry's size plus a small margin, so a misbehaving mirror
+cannot fill the disk. Verified hashes are remembered per (path, size, mtime, inode), so checking
+that a dataset is downloaded costs one hash per file per process.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from matcard.console import make_progress
 from matcard.datasets.cache import data_dir as default_data_dir
@@ -48,6 +53,47 @@ def file_url(remote: RemoteFile, mirror: str | None) -> str:
     if mirror:
         return f"{mirror}/{urllib.parse.quote(remote.folder)}/{urllib.parse.quote(remote.name)}"
     return remote.url
+
+
+Status = Literal["downloaded", "resumed", "cached"]
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """One file of a dataset after :func:`download_files`: where it is and what was done.
+
+    ``status``: ``"downloaded"`` (fetched now), ``"resumed"`` (a partial download was completed) or
+    ``"cached"`` (a copy already there whose sha256 was verified; nothing was fetched)."""
+
+    remote: RemoteFile
+    path: Path
+    status: Status
+
+
+def _stat_key(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def verified_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of ``path``, hashed again only when its size, mtime or inode changed."""
+    file = Path(path)
+    key = _stat_key(file)
+    digest = _HASHES.get(key)
+    if digest is None:
+        digest = sha256_file(file)
+        _HASHES[key] = digest
+    return digest
+
+
+def _remember(path: Path, digest: str) -> None:
+    _HASHES[_stat_key(path)] = digest
+
+
+def download_limit(size: int | None) -> int | None:
+    """Most bytes accepted for a file of registered ``size`` (None: no known size, no cap)."""
+    return None if size is None else size + max(1 << 16, size // 100)
 
 
 def _file_path(url: str) -> Path:
@@ -129,11 +175,38 @@ def fetch(
     An existing ``dest`` with the right checksum is kept unless ``force``. A leftover
     ``dest.part`` is resumed. Raises DownloadError / ChecksumError (exit code 1).
     """
+    path, _ = fetch_with_status(
+        url,
+        dest,
+        sha256=sha256,
+        size=size,
+        force=force,
+        progress=progress,
+        timeout=timeout,
+        description=description,
+    )
+    return path
+
+
+def fetch_with_status(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None,
+    size: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    timeout: float = 60.0,
+    description: str | None = None,
+) -> tuple[Path, Status]:
+    """:func:`fetch`, also saying whether the file was downloaded, resumed or already cached.
+
+    ``size``: the registered size; a stream longer than :func:`download_limit` is aborted."""
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not force:
-        if sha256 is None or sha256_file(target) == sha256:
-            return target
+        if sha256 is None or verified_sha256(target) == sha256:
+            return target, "cached"
         target.unlink()  # a corrupt cached copy is replaced, never trusted
     part = target.with_name(target.name + ".part")
     if force:
@@ -142,20 +215,31 @@ def fetch(
     chunks, total, resumed = _open_stream(url, offset, timeout)
     if not resumed:
         offset = 0
-    digest = _hash_existing(part) if resumed else hashlib.sha256()
-    label = description or f"Downloading {target.name}"
+    limit = download_limit(size)
+    if limit is not None and total is not None and total > limit:
+        next(chunks, None)  # start the generator so that close() runs its finally (closes the socket)
+        chunks.close()  # type: ignore[attr-defined]
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"download of {target.name} refused: {url} announces {total} bytes, "
+            f"more than the {size} registered (limit {limit})"
+        )
     try:
-        with (
-            make_progress(transient=True, disable=not progress) as bar,
-            open(part, "ab" if resumed else "wb") as fh,
-        ):
-            task = bar.add_task(label, total=total or size, completed=offset)
-            for chunk in chunks:
-                fh.write(chunk)
-                digest.update(chunk)
-                bar.advance(task, len(chunk))
-            fh.flush()
-            os.fsync(fh.fileno())
+        digest = _stream_to_part(
+            chunks,
+            part,
+            resumed=resumed,
+            completed=offset,
+            total=total or size,
+            limit=limit,
+            label=description or f"Downloading {target.name}",
+            progress=progress,
+        )
+    except _TooLong:
+        raise DownloadError(
+            f"download of {target.name} aborted: {url} sent more than {limit} bytes "
+            f"(registered size {size}); the partial download was deleted"
+        ) from None
     except (DownloadError, OSError) as err:
         kept = part.stat().st_size if part.exists() else 0
         raise DownloadError(
@@ -169,7 +253,47 @@ def fetch(
             "the download was deleted"
         )
     os.replace(part, target)
-    return target
+    _remember(target, actual)
+    return target, "resumed" if resumed else "downloaded"
+
+
+def _stream_to_part(
+    chunks: Iterator[bytes],
+    part: Path,
+    *,
+    resumed: bool,
+    completed: int,
+    total: int | None,
+    limit: int | None,
+    label: str,
+    progress: bool,
+) -> hashlib._Hash:
+    """Append the stream to ``part`` and hash it; past ``limit`` bytes, delete ``part`` and raise
+    :class:`_TooLong` (garbage beyond the expected end is never kept for a resume)."""
+    digest = _hash_existing(part) if resumed else hashlib.sha256()
+    written = completed
+    with (
+        make_progress(transient=True, disable=not progress) as bar,
+        open(part, "ab" if resumed else "wb") as fh,
+    ):
+        task = bar.add_task(label, total=total, completed=completed)
+        for chunk in chunks:
+            written += len(chunk)
+            if limit is not None and written > limit:
+                chunks.close()  # type: ignore[attr-defined]
+                fh.close()
+                part.unlink(missing_ok=True)
+                raise _TooLong
+            fh.write(chunk)
+            digest.update(chunk)
+            bar.advance(task, len(chunk))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return digest
+
+
+class _TooLong(Exception):
+    """The stream passed its size limit (internal: turned into a DownloadError)."""
 
 
 def _extract_member(archive: Path, member: str, dest: Path, sha256: str) -> Path:
@@ -203,15 +327,27 @@ def fetch_remote(
     progress: bool = True,
 ) -> Path:
     """Download one registered file into ``root/<folder>/<name>``; returns the path."""
+    return fetch_remote_with_status(remote, root, mirror=mirror, force=force, progress=progress)[1]
+
+
+def fetch_remote_with_status(
+    remote: RemoteFile,
+    root: Path,
+    *,
+    mirror: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[RemoteFile, Path, Status]:
+    """:func:`fetch_remote`, also saying whether the file was downloaded or already cached."""
     dest = root / remote.folder / remote.name
     if remote.archive_member and not mirror:
-        if dest.exists() and not force and sha256_file(dest) == remote.sha256:
-            return dest
+        if dest.exists() and not force and verified_sha256(dest) == remote.sha256:
+            return remote, dest, "cached"
         archive = root / ".archives" / Path(urllib.parse.urlsplit(remote.url).path).name
         fetch(remote.url, archive, sha256=remote.archive_sha256, force=force, progress=progress)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return _extract_member(archive, remote.archive_member, dest, remote.sha256)
-    return fetch(
+        return remote, _extract_member(archive, remote.archive_member, dest, remote.sha256), "downloaded"
+    path, status = fetch_with_status(
         file_url(remote, mirror),
         dest,
         sha256=remote.sha256,
@@ -220,6 +356,24 @@ def fetch_remote(
         progress=progress,
         description=f"Downloading {remote.relative_path}",
     )
+    return remote, path, status
+
+
+def download_files(
+    spec: DatasetSpec,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    mirror: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[FetchedFile]:
+    """Download every file of a registered dataset; says per file what was done."""
+    base = Path(root) if root is not None else default_data_dir()
+    resolved = mirror_from_env(mirror)
+    return [
+        FetchedFile(*fetch_remote_with_status(f, base, mirror=resolved, force=force, progress=progress))
+        for f in spec.files
+    ]
 
 
 def download_dataset(
@@ -231,13 +385,11 @@ def download_dataset(
     progress: bool = True,
 ) -> list[Path]:
     """Download every file of a registered dataset; returns the local paths."""
-    base = Path(root) if root is not None else default_data_dir()
-    resolved = mirror_from_env(mirror)
-    return [fetch_remote(f, base, mirror=resolved, force=force, progress=progress) for f in spec.files]
+    return [f.path for f in download_files(spec, root=root, mirror=mirror, force=force, progress=progress)]
 
 
 def is_downloaded(spec: DatasetSpec, root: str | os.PathLike[str] | None = None) -> bool:
-    """All files present (size check only; the checksum was verified when they were written)."""
+    """All files present with their registered sha256 (hashed once per file version per process)."""
     if spec.embedded:
         return True
     if not spec.files:
@@ -247,7 +399,21 @@ def is_downloaded(spec: DatasetSpec, root: str | os.PathLike[str] | None = None)
         path = base / remote.folder / remote.name
         if not path.is_file() or (remote.size is not None and path.stat().st_size != remote.size):
             return False
+        if verified_sha256(path) != remote.sha256:
+            return False
     return True
 
 
-__all__ = ["download_dataset", "fetch", "fetch_remote", "file_url", "is_downloaded", "mirror_from_env"]
+__all__ = [
+    "FetchedFile",
+    "download_dataset",
+    "download_files",
+    "download_limit",
+    "fetch",
+    "fetch_remote",
+    "fetch_with_status",
+    "file_url",
+    "is_downloaded",
+    "mirror_from_env",
+    "verified_sha256",
+]

@@ -13,8 +13,8 @@ with ``allow_pickle=False`` (no pickled code; building and checking a store neve
 which matters for the CLI's start-up). The manifest is rewritten atomically after
 every shard, so an interrupted run resumes from its last complete shard; on open every shard's
 size and sha256 are checked against the manifest and a truncated or corrupt shard is rebuilt,
-never trusted. Because each shard is self-contained, data larger than memory streams one shard
-at a time (:meth:`FeatureStore.iter_data`, :class:`ShardedGraphDataset`).
+never trusted (one line on stderr names it and why). Because each shard is self-contained, data
+larger than memory streams one shard at a time (:meth:`FeatureStore.iter_data`, :class:`ShardedGraphDataset`).
 
 The cache key is the sha256 of (dataset content hash, featurizer config, matcard version,
 element-table digest, store format); labels are not part of it: graphs do not depend on the
@@ -149,6 +149,8 @@ class FeatureStore:
     failures: list[ItemFailure] = field(default_factory=list)
     flags: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0  # featurization time accumulated over (resumed) runs
+    # why each shard dropped by the last verify() was dropped (not saved in the manifest)
+    rejected: dict[int, str] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- manifest
     @property
@@ -212,13 +214,12 @@ class FeatureStore:
     def verify(self, checksums: bool = True) -> list[int]:
         """Drop (and return) shards whose file is missing, truncated or fails its sha256."""
         bad: list[int] = []
+        self.rejected = {}
         for index, info in list(self.shards.items()):
-            file = self.path / info.file
-            ok = file.is_file() and file.stat().st_size == info.bytes
-            if ok and checksums:
-                ok = sha256_file(file) == info.sha256
-            if not ok:
+            reason = _shard_problem(self.path / info.file, info, checksums)
+            if reason:
                 bad.append(index)
+                self.rejected[index] = reason
                 del self.shards[index]
         if bad:
             covered = [(self.shard_size * i, self.shard_size * (i + 1)) for i in bad]
@@ -320,6 +321,25 @@ class FeatureStore:
         }
 
 
+def _shard_problem(file: Path, info: ShardInfo, checksums: bool) -> str:
+    """Why a shard file cannot be trusted ("" when it matches its manifest entry)."""
+    if not file.is_file():
+        return "missing"
+    size = file.stat().st_size
+    if size != info.bytes:
+        return f"{size} bytes, {info.bytes} expected"
+    if checksums and sha256_file(file) != info.sha256:
+        return "sha256 mismatch"
+    return ""
+
+
+def _notice(message: str) -> None:
+    """One line on stderr (never wrapped, no markup: paths may hold brackets)."""
+    from matcard.console import console
+
+    console.print(message, markup=False, soft_wrap=True, highlight=False)
+
+
 @contextlib.contextmanager
 def store_lock(path: Path) -> Iterator[None]:
     """Exclusive lock on a store folder, so two processes featurizing the same dataset into the
@@ -366,7 +386,8 @@ def open_store(
     if (path / MANIFEST).exists():
         try:
             store = FeatureStore.read(path)
-        except MatcardError:
+        except MatcardError as error:
+            _notice(f"{error}; rebuilding the feature store")
             store = None  # corrupt manifest: start over
         if (
             store is not None
@@ -375,6 +396,11 @@ def open_store(
             and store.shard_size == shard_size
         ):
             bad = store.verify(checksums=verify_checksums)
+            for index in bad:
+                reason = store.rejected[index]
+                _notice(
+                    f"feature shard {path / store.shard_file(index)} is damaged ({reason}); rebuilding it"
+                )
             return store, bad
     path.mkdir(parents=True, exist_ok=True)
     for stale in [*path.glob("shard-*.npz"), *path.glob(".*.tmp")]:  # another key's shards: never mix

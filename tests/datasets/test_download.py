@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import os
 import shutil
+import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from matcard.datasets import REGISTRY, download_dataset, fetch, get_spec, is_downloaded, mirror_from_env
-from matcard.datasets.download import fetch_remote, file_url
+from matcard.datasets.download import download_files, download_limit, fetch_remote, file_url
 from matcard.datasets.registry import RemoteFile
 from matcard.errors import ChecksumError, DownloadError, UsageError
 from matcard.fileio import sha256_file
@@ -182,3 +186,103 @@ def test_download_leaves_no_temp_files_on_checksum_error_for_file_mirror(
     with pytest.raises(ChecksumError):
         fetch_remote(VAL, tmp_path / "cache", mirror=mirror.as_uri(), progress=False)
     assert _leftovers(tmp_path / "cache") == []
+
+
+def test_same_size_corruption_is_not_downloaded_and_is_fetched_again(
+    file_mirror: str, tmp_path: Path
+) -> None:
+    spec = get_spec("mp20-biternary")
+    download_dataset(spec, root=tmp_path, mirror=file_mirror, progress=False)
+    assert is_downloaded(spec, tmp_path)
+    path = tmp_path / VAL.relative_path
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x10  # same size, one bit different
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # a later change
+    assert path.stat().st_size == VAL.size
+    assert not is_downloaded(spec, tmp_path)
+    statuses = [f.status for f in download_files(spec, root=tmp_path, mirror=file_mirror, progress=False)]
+    assert statuses == ["downloaded", "cached"]
+    assert sha256_file(path) == VAL.sha256 and is_downloaded(spec, tmp_path)
+
+
+def test_is_downloaded_hashes_each_file_version_once(
+    file_mirror: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matcard.datasets import download as download_module
+
+    spec = get_spec("perov5")
+    download_dataset(spec, root=tmp_path, mirror=file_mirror, progress=False)
+    hashed: list[str] = []
+    real = download_module.sha256_file
+    monkeypatch.setattr(download_module, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    for _ in range(5):
+        assert is_downloaded(spec, tmp_path)
+    assert hashed == []  # the download itself recorded the verified hashes
+    (tmp_path / "perov5" / "val.csv").touch()
+    os.utime(tmp_path / "perov5" / "val.csv", ns=(0, 10**18))
+    assert is_downloaded(spec, tmp_path) and is_downloaded(spec, tmp_path)
+    assert hashed == ["val.csv"]
+
+
+def test_download_status_distinguishes_fetched_from_cached(file_mirror: str, tmp_path: Path) -> None:
+    spec = get_spec("perov5")
+    first = download_files(spec, root=tmp_path, mirror=file_mirror, progress=False)
+    assert [f.status for f in first] == ["downloaded", "downloaded"]
+    again = download_files(spec, root=tmp_path, mirror="http://127.0.0.1:9", progress=False)  # no network
+    assert [f.status for f in again] == ["cached", "cached"]
+    assert [f.path for f in again] == [f.path for f in first]
+
+
+class _EndlessServer:
+    """A real loopback HTTP server whose every answer is an endless body (no Content-Length, or a
+    lying one), stopping only when the client hangs up or after ``ceiling`` bytes."""
+
+    def __init__(self, announce: int | None, ceiling: int = 256 << 20) -> None:
+        self.sent = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                if announce is not None:
+                    self.send_header("Content-Length", str(announce))
+                self.end_headers()
+                block = b"x" * (1 << 16)
+                try:
+                    while owner.sent < ceiling:
+                        self.wfile.write(block)
+                        owner.sent += len(block)
+                except OSError:  # the client hung up: what a bounded download must do
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("announce", [None, 10**12])
+def test_endless_stream_is_cut_at_the_registered_size(tmp_path: Path, announce: int | None) -> None:
+    server = _EndlessServer(announce)
+    cache = tmp_path / "cache"
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match=r"val\.csv\.gz.*(sent more than|announces)") as info:
+            fetch_remote(VAL, cache, mirror=server.url, progress=False)
+    finally:
+        server.close()
+    assert not isinstance(info.value, ChecksumError)
+    assert str(download_limit(VAL.size)) in str(info.value)
+    assert time.monotonic() - started < 30
+    assert _leftovers(cache) == []  # neither the file nor a .part to "resume"
+    assert not is_downloaded(get_spec("mp20-biternary"), cache)
+    # the client stopped reading near the limit (socket buffers aside), far below the ceiling
+    assert server.sent < download_limit(VAL.size) + (16 << 20)

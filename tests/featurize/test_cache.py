@@ -170,3 +170,28 @@ def test_a_second_writer_waits_for_the_first_then_loads_its_work(items, tmp_path
     (out / ".shard-00000.npz.abc.tmp").write_bytes(b"partial")
     assert featurize_items(items[:10], "graph", out=out, jobs=1, progress=False).from_cache
     assert not list(out.glob(".*.tmp"))
+
+
+def test_rebuilt_shards_are_announced_on_stderr(items, tmp_path: Path, capfd) -> None:
+    out = tmp_path / "store"
+    featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    capfd.readouterr()
+    shard = out / "shard-00001.npz"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    (out / "shard-00002.npz").write_bytes(b"short")
+    again = featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    assert again.rebuilt_shards == [1, 2]
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"feature shard {shard} is damaged (sha256 mismatch); rebuilding it",
+        f"feature shard {out / 'shard-00002.npz'} is damaged (5 bytes, "
+        f"{again.store.shards[2].bytes} expected); rebuilding it",
+    ]
+    featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    assert capfd.readouterr().err == ""  # a sound store loads silently
+    (out / "manifest.json").write_text("{ truncated")
+    featurize_items(items, "graph", out=out, jobs=1, shard_size=50, progress=False)
+    err = capfd.readouterr().err
+    assert "manifest.json is corrupt" in err and "rebuilding the feature store" in err
