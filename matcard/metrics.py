@@ -63,8 +63,13 @@ def classification_metrics(
     class_names: Sequence[str],
     *,
     ece_bins: int = 15,
+    pred: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """All §6 metrics for integer labels ``y_true`` [N] and class probabilities ``proba`` [N, C]."""
+    """All §6 metrics for integer labels ``y_true`` [N] and class probabilities ``proba`` [N, C].
+
+    ``pred``: the decided classes when a rule other than argmax made them (matcard.decision); the
+    ranking metrics and ECE always read ``proba``.
+    """
     y = np.asarray(y_true, dtype=np.int64).reshape(-1)
     proba = np.asarray(proba, dtype=np.float64)
     n_classes = len(class_names)
@@ -76,7 +81,8 @@ def classification_metrics(
         return _empty_metrics(class_names)
     with warnings.catch_warnings():  # absent classes are handled explicitly below
         warnings.simplefilter("ignore")
-        return _metrics(y, proba, list(class_names), ece_bins)
+        decided = None if pred is None else np.asarray(pred, dtype=np.int64).reshape(-1)
+        return _metrics(y, proba, list(class_names), ece_bins, decided)
 
 
 def _empty_metrics(class_names: Sequence[str]) -> dict[str, Any]:
@@ -95,9 +101,11 @@ def _empty_metrics(class_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str], ece_bins: int) -> dict[str, Any]:
+def _metrics(
+    y: np.ndarray, proba: np.ndarray, class_names: list[str], ece_bins: int, pred: np.ndarray | None
+) -> dict[str, Any]:
     labels = np.arange(len(class_names))
-    pred = proba.argmax(axis=1)
+    pred = proba.argmax(axis=1) if pred is None else pred
 
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     present = support > 0  # classes with samples in this split
@@ -139,6 +147,55 @@ def _metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str], ece_bins:
         },
         "confusion_matrix": {"labels": list(class_names), "matrix": matrix.astype(int).tolist()},
     }
+    return result
+
+
+RANKING_FRACTIONS = (0.01, 0.05, 0.10)
+
+
+def minority_classes(class_counts: Sequence[int] | np.ndarray) -> list[int]:
+    """Classes a screen looks for: binary, the positive class; else every class but the most frequent."""
+    counts = np.asarray(class_counts)
+    if len(counts) == 2:
+        return [1]
+    majority = int(np.argmax(counts))
+    return [c for c in range(len(counts)) if c != majority]
+
+
+def ranking_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    proba: np.ndarray,
+    class_names: Sequence[str],
+    classes: Sequence[int],
+    fractions: Sequence[float] = RANKING_FRACTIONS,
+) -> dict[str, Any]:
+    """Screening metrics per class c (methods brief §8), ranking the items by p_c.
+
+    For k = max(1, round(f * N)): precision@k, recall@k and enrichment EF@k = precision@k / base rate
+    of c; plus PR-AUC (average precision). Ties in p_c keep the input order (a stable sort).
+    """
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    proba = np.asarray(proba, dtype=np.float64)
+    result: dict[str, Any] = {}
+    for c in classes:
+        positives = y == c
+        n_pos, n = int(positives.sum()), len(y)
+        entry: dict[str, Any] = {"support": n_pos, "base_rate": n_pos / n if n else None}
+        entry["pr_auc"] = (
+            _finite_or_none(average_precision_score(positives, proba[:, c])) if 0 < n_pos < n else None
+        )
+        order = np.argsort(-proba[:, c], kind="stable") if n else np.zeros(0, dtype=np.int64)
+        for fraction in fractions:
+            k = max(1, int(round(fraction * n))) if n else 0
+            hits = int(positives[order[:k]].sum()) if k else 0
+            precision = hits / k if k else None
+            entry[f"at_{round(fraction * 100):g}pct"] = {
+                "k": k,
+                "precision": precision,
+                "recall": hits / n_pos if n_pos else None,
+                "enrichment": precision / entry["base_rate"] if precision is not None and n_pos else None,
+            }
+        result[class_names[c]] = entry
     return result
 
 
