@@ -37,6 +37,7 @@ from matcard.bundle_schema import (
     BUNDLE_FORMAT,
     CHECKED_FIELDS,
     LEGACY_FORMAT,
+    OPTIONAL_CHECKED_FIELDS,
     WEIGHTS_FILE,
     canonical_json,
     check_file,
@@ -55,6 +56,19 @@ if TYPE_CHECKING:
 
 class UnverifiedBundleWarning(UserWarning):
     """A bundle without checksums (format 1) was loaded: edits to it cannot be detected."""
+
+
+class NoDecisionLayerWarning(UserWarning):
+    """A bundle written before the decision layer: predictions are argmax, probabilities uncalibrated."""
+
+
+def warn_no_decision_layer(path: Path | None) -> None:
+    warnings.warn(
+        f"{path or 'this model'} has no decision layer: predicting argmax of uncalibrated probabilities "
+        "(matcard calibrate RUN fits one)",
+        NoDecisionLayerWarning,
+        stacklevel=3,
+    )
 
 
 def task_to_dict(task: Any) -> dict[str, Any] | None:
@@ -119,6 +133,10 @@ class TrainedModel:
         self.task = task_from_dict(info.get("task"))
         self.model_name: str = info["model"]["name"]
         self._content_hash: str | None = None
+        from matcard.decision import DecisionLayer
+
+        # None: a bundle written before the decision layer (argmax, flagged where it is used)
+        self.decision = DecisionLayer.from_dict(info.get("decision"), self.class_names)
 
     # --- info ---------------------------------------------------------------------------------
     @property
@@ -132,7 +150,9 @@ class TrainedModel:
 
         if self._content_hash is None:
             digest = hashlib.sha256(
-                canonical_json({k: self.info.get(k) for k in CHECKED_FIELDS if k != "files"})
+                canonical_json(
+                    {k: self.info.get(k) for k in CHECKED_FIELDS + OPTIONAL_CHECKED_FIELDS if k != "files"}
+                )
             )
             for key, tensor in sorted(self.model.state_dict().items()):
                 digest.update(key.encode())
@@ -180,6 +200,34 @@ class TrainedModel:
         logits = self.predict_logits_data(graphs, batch_size)
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
+    def resolve_decision(self, mode: str | None = None, alpha: float | None = None) -> str:
+        """The decision mode to use (``tuned`` when the bundle has a layer), checking the options."""
+        from matcard.decision import check_alpha, check_mode
+
+        check_mode(mode)
+        check_alpha(alpha)
+        if self.decision is None:
+            if mode == "tuned":
+                raise UsageError(
+                    "--decision tuned: this model has no decision layer (trained before it existed); "
+                    "run matcard calibrate on its run directory, or use --decision argmax"
+                )
+            if alpha is not None:
+                raise UsageError("--alpha: this model has no conformal calibration; run matcard calibrate")
+            return "argmax"
+        if alpha is not None:
+            self.decision.require_scores()
+        return mode or "tuned"
+
+    def decide_logits(self, logits: np.ndarray, mode: str | None = None, alpha: float | None = None) -> Any:
+        """Decisions (calibrated probabilities, classes, argmax, sets) for raw logits."""
+        from matcard.decision import argmax_decisions
+
+        mode = self.resolve_decision(mode, alpha)
+        if self.decision is None:
+            return argmax_decisions(logits)
+        return self.decision.decide(logits, mode, alpha)
+
     def featurize(
         self, items: Iterable[Any]
     ) -> tuple[list[str], list[Data | None], list[str | None], list[str | None]]:
@@ -205,24 +253,47 @@ class TrainedModel:
             details.append(detail)
         return ids, graphs, errors, details
 
-    def predict(self, items: Iterable[Any], batch_size: int = 256) -> pd.DataFrame:
-        """Predicted class and per-class probabilities for each input (see class docstring)."""
+    def predict(
+        self,
+        items: Iterable[Any],
+        batch_size: int = 256,
+        *,
+        decision: str | None = None,
+        alpha: float | None = None,
+    ) -> pd.DataFrame:
+        """Predicted class (the decision layer's rule; ``decision="argmax"`` for the plain one),
+        ``argmax_class``, calibrated ``prob_<class>``, and with ``alpha`` a ``prediction_set``."""
         import pandas as pd
 
+        mode = self.resolve_decision(decision, alpha)
         ids, graphs, errors, details = self.featurize(items)
         ok = [i for i, g in enumerate(graphs) if g is not None]
         proba = np.full((len(ids), self.n_classes), np.nan, dtype=np.float64)
+        predicted: list[str | None] = [None] * len(ids)
+        argmax: list[str | None] = [None] * len(ids)
+        sets: list[str | None] = [None] * len(ids)
         if ok:
-            proba[ok] = self.predict_proba_data([graphs[i] for i in ok], batch_size)
-        predicted = [
-            self.class_names[int(np.argmax(row))] if error is None else None
-            for row, error in zip(proba, errors, strict=True)
-        ]
-        frame = pd.DataFrame({"id": ids, "predicted_class": predicted})
+            logits = self.predict_logits_data([graphs[i] for i in ok], batch_size)
+            decided = self.decide_logits(logits, mode, alpha)
+            proba[ok] = decided.proba
+            for row, i in enumerate(ok):
+                predicted[i] = self.class_names[int(decided.predicted[row])]
+                argmax[i] = self.class_names[int(decided.argmax[row])]
+            if decided.sets is not None:
+                from matcard.conformal import format_sets
+
+                for i, text in zip(ok, format_sets(decided.sets, self.class_names), strict=True):
+                    sets[i] = text
+        frame = pd.DataFrame({"id": ids, "predicted_class": predicted, "argmax_class": argmax})
         for c, name in enumerate(self.class_names):
             frame[f"prob_{name}"] = proba[:, c]
+        if alpha is not None:
+            frame["prediction_set"] = sets
         frame["error"] = errors
         frame["detail"] = details
+        frame.attrs["decision"] = mode if self.decision is not None else "argmax (no decision layer)"
+        if self.decision is None:
+            warn_no_decision_layer(self.path)
         return frame
 
     def screen(self, inputs: Any, out: str | Path | None = None, **options: Any) -> Any:
@@ -302,6 +373,7 @@ def save_bundle(
     task: Any = None,
     training_stats: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    decision: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``bundle.json`` and ``weights.pt`` atomically into ``directory``; return it."""
     import torch
@@ -323,8 +395,24 @@ def save_bundle(
         "training_stats": training_stats or {},
         "provenance": provenance or {},
     }
+    if decision is not None:
+        info["decision"] = decision
     atomic_write_json(directory / BUNDLE_FILE, seal(info, directory))
     return directory
+
+
+def set_decision(path: str | Path, decision: dict[str, Any] | None) -> Path:
+    """Replace the ``decision`` section of a verified bundle (None removes it) and re-seal it."""
+    bundle_dir = resolve_bundle_dir(path)
+    load_model(bundle_dir)  # refuses an edited or corrupt bundle before anything is rewritten
+    raw = _read_info(bundle_dir)
+    raw.pop("decision", None)
+    if decision is not None:
+        raw["decision"] = decision
+    sealed = seal(raw, bundle_dir)
+    validate_info(sealed, bundle_dir / BUNDLE_FILE)
+    atomic_write_json(bundle_dir / BUNDLE_FILE, sealed)
+    return bundle_dir
 
 
 def add_checksums(path: str | Path) -> Path:
@@ -476,10 +564,12 @@ __all__ = [
     "BUNDLE_FILE",
     "BUNDLE_FORMAT",
     "WEIGHTS_FILE",
+    "NoDecisionLayerWarning",
     "TrainedModel",
     "UnverifiedBundleWarning",
     "add_checksums",
     "load_model",
     "resolve_bundle_dir",
     "save_bundle",
+    "set_decision",
 ]

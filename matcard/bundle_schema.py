@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,6 +25,8 @@ BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
 # Fields whose content changes what the model predicts (provenance and versions do not).
 CHECKED_FIELDS = ("model", "featurizer", "task", "class_names", "class_counts", "training_stats", "files")
+# Checked whenever present (bundles written before the decision layer have none and still load).
+OPTIONAL_CHECKED_FIELDS = ("decision",)
 
 
 class ModelSection(BaseModel):
@@ -40,6 +42,46 @@ class FileEntry(BaseModel):
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
+
+
+class RuleSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["argmax", "threshold", "offsets"]
+    class_index: int | None = Field(None, ge=0, le=1)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    method: Literal["coordinate_ascent", "logit_adjustment"] | None = None
+    offsets: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> RuleSection:
+        if self.kind == "threshold" and (self.threshold is None or self.class_index is None):
+            raise ValueError("a threshold rule needs threshold and class_index")
+        if self.kind == "offsets" and self.offsets is None:
+            raise ValueError("an offsets rule needs offsets")
+        return self
+
+
+class ConformalSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    alpha: float = Field(gt=0.0, lt=1.0)
+    calibrated_on: Literal["calibration", "val"]
+    guarantee: bool
+    scores: list[list[float]]
+    fallback_classes: list[str] = Field(default_factory=list)
+
+
+class DecisionSection(BaseModel):
+    """The post-hoc decision layer (matcard.decision): temperature, rule, conformal scores."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float = Field(gt=0.0)
+    objective: str = Field(min_length=1)
+    rule: RuleSection
+    conformal: ConformalSection | None = None
+    fitted_on: dict[str, Any] = Field(default_factory=dict)
 
 
 class BundleInfo(BaseModel):
@@ -59,6 +101,7 @@ class BundleInfo(BaseModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, FileEntry] | None = None
     checksums: dict[str, str] | None = None
+    decision: DecisionSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleInfo:
@@ -70,6 +113,15 @@ class BundleInfo(BaseModel):
             )
         if any(count < 0 for count in self.class_counts):
             raise ValueError("class_counts: counts must be >= 0")
+        n_classes = len(self.class_names)
+        if self.decision is not None:
+            offsets = self.decision.rule.offsets
+            if offsets is not None and len(offsets) != n_classes:
+                raise ValueError(f"decision.rule.offsets: {len(offsets)} offsets for {n_classes} classes")
+            if self.decision.rule.kind == "threshold" and n_classes != 2:
+                raise ValueError("decision.rule: a threshold rule needs a binary task")
+            if self.decision.conformal is not None and len(self.decision.conformal.scores) != n_classes:
+                raise ValueError(f"decision.conformal.scores: not one list per class ({n_classes})")
         return self
 
 
@@ -79,7 +131,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def field_checksums(info: dict[str, Any]) -> dict[str, str]:
-    return {name: hashlib.sha256(canonical_json(info.get(name))).hexdigest() for name in CHECKED_FIELDS}
+    names = CHECKED_FIELDS + tuple(name for name in OPTIONAL_CHECKED_FIELDS if name in info)
+    return {name: hashlib.sha256(canonical_json(info.get(name))).hexdigest() for name in names}
 
 
 def describe_files(directory: Path, names: tuple[str, ...] = (WEIGHTS_FILE,)) -> dict[str, dict[str, Any]]:
@@ -127,10 +180,11 @@ def verify_checksums(info: BundleInfo, raw: dict[str, Any], directory: Path) -> 
             )
     recorded = info.checksums or {}
     actual = field_checksums(raw)
-    for name in CHECKED_FIELDS:
+    optional = tuple(name for name in OPTIONAL_CHECKED_FIELDS if name in raw or name in recorded)
+    for name in CHECKED_FIELDS + optional:
         if name not in recorded:
             raise BundleError(f"{where}: field 'checksums.{name}' is missing", field=f"checksums.{name}")
-        if recorded[name] != actual[name]:
+        if name not in actual or recorded[name] != actual[name]:
             raise BundleError(
                 f"{where}: field '{name}' was changed after the bundle was written (its checksum does "
                 "not match); restore the original bundle or retrain",

@@ -56,7 +56,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     y = np.asarray(y, dtype=np.int64)
-    if len(y) == 0 or len(np.unique(y)) < 2 and np.allclose(logits, logits[:1]):
+    if len(y) == 0 or (len(np.unique(y)) < 2 and np.allclose(logits, logits[:1])):
         return 1.0
     result = minimize_scalar(
         lambda log_t: nll(logits, y, math.exp(log_t)), bounds=(math.log(0.01), math.log(100.0)),
@@ -252,7 +252,7 @@ def fit_offsets(
             value, best = _pick(met, objective)
             offsets[c] = value
             return offsets - offsets[0], best
-        value, best = max(found + [(0.0, best)], key=lambda item: (item[1], -abs(item[0])))
+        value, best = max([*found, (0.0, best)], key=lambda item: (item[1], -abs(item[0])))
         offsets[c] = value
         return offsets - offsets[0], best
     for _ in range(rounds):
@@ -269,7 +269,9 @@ def fit_offsets(
     return offsets, best
 
 
-def _pick(met: list[tuple[float, tuple[bool, float]]], objective: Objective) -> tuple[float, tuple[bool, float]]:
+def _pick(
+    met: list[tuple[float, tuple[bool, float]]], objective: Objective
+) -> tuple[float, tuple[bool, float]]:
     """Among offsets meeting a constraint: recall, the smallest offset of the target class (fewest
     items called, like the largest threshold); precision, the largest (most items called)."""
     return min(met) if objective.kind == "recall" else max(met)
@@ -289,9 +291,7 @@ def fit_logit_adjustment(
     return -neg_tau, best
 
 
-def fit_rule(
-    log_proba: np.ndarray, y: np.ndarray, objective: Objective, class_counts: Any
-) -> dict[str, Any]:
+def fit_rule(log_proba: np.ndarray, y: np.ndarray, objective: Objective, class_counts: Any) -> dict[str, Any]:
     """The decision rule (a JSON-able dict) that maximises ``objective`` on calibrated log-probs."""
     n_classes = log_proba.shape[1]
     y = np.asarray(y, dtype=np.int64)
@@ -302,7 +302,8 @@ def fit_rule(
         rule: dict[str, Any] = {"kind": "threshold", "class_index": target, "threshold": threshold}
     else:
         offsets, best = fit_offsets(log_proba, y, objective)
-        counts = np.asarray(class_counts if class_counts is not None and len(class_counts) else np.ones(n_classes))
+        has_counts = class_counts is not None and len(class_counts)
+        counts = np.asarray(class_counts if has_counts else np.ones(n_classes), dtype=np.float64)
         tau, adjusted = fit_logit_adjustment(log_proba, y, objective, counts / counts.sum())
         if adjusted >= best:  # the one-parameter rule wins ties: less to overfit
             offsets, best = -tau * np.log(np.clip(counts / counts.sum(), 1e-12, None)), adjusted

@@ -45,6 +45,13 @@ class DataConfig(_Section):
     limit: int | None = Field(
         None, ge=10, description="stratified subsample of exactly this many items (quick runs)"
     )
+    calibration_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="share of the data carved (stratified) from the training portion to calibrate the "
+        "conformal sets; 0: calibrate them on val (no coverage guarantee)",
+    )
     mirror: str | None = Field(None, description="download mirror (http:// or file:// base URL)")
     timeout: float = Field(
         10.0, gt=0.0, description="seconds to parse one structure file (grows with file size); path datasets"
@@ -117,6 +124,27 @@ class TrainerConfig(_Section):
     eval_batch_size: int = Field(256, ge=1)
 
 
+class DecisionConfig(_Section):
+    """The post-hoc decision layer fitted after training (matcard.decision)."""
+
+    enabled: bool = Field(True, description="fit temperature, decision rule and conformal sets")
+    objective: str = Field(
+        "macro_f1",
+        description="macro_f1, balanced_accuracy, minority_f1, recall>=R[:class] or precision>=P[:class]",
+    )
+    alpha: float = Field(0.1, gt=0.0, lt=1.0, description="conformal miscoverage (sets cover 1 - alpha)")
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_syntax(cls, text: str) -> str:
+        from matcard.calibration import check_objective_syntax
+
+        try:
+            return check_objective_syntax(text)
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("decision.objective: ")) from None
+
+
 class TrainConfig(_Section):
     """A complete, resolved training run."""
 
@@ -127,12 +155,17 @@ class TrainConfig(_Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
     out: str | None = Field(None, description="run directory; None: runs/<dataset>-<model>-<loss>-<time>")
 
     @model_validator(mode="after")
     def _check_fractions(self) -> TrainConfig:
         if self.data.val_fraction + self.data.test_fraction >= 0.8:
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 20 % for training")
+        if self.data.val_fraction + self.data.test_fraction + self.data.calibration_fraction >= 0.9:
+            raise ValueError(
+                "data.calibration_fraction: with val and test it must leave at least 10 % for training"
+            )
         return self
 
     def featurizer_kind(self) -> str:
@@ -162,6 +195,8 @@ CLI_OVERRIDES: dict[str, str] = {
     "devices": "trainer.devices",
     "accelerator": "trainer.accelerator",
     "lr": "optim.lr",
+    "objective": "decision.objective",
+    "alpha": "decision.alpha",
     "out": "out",
 }
 
@@ -277,6 +312,7 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "CLI_OVERRIDES",
     "DataConfig",
+    "DecisionConfig",
     "FeaturizerConfig",
     "LossConfig",
     "ModelConfig",

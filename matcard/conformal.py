@@ -40,9 +40,7 @@ def quantiles(scores: Sequence[Sequence[float]], alpha: float) -> np.ndarray:
     return np.array([quantile(s, alpha) for s in scores], dtype=np.float64)
 
 
-def prediction_sets(
-    proba: np.ndarray, scores: Sequence[Sequence[float]], alpha: float
-) -> np.ndarray:
+def prediction_sets(proba: np.ndarray, scores: Sequence[Sequence[float]], alpha: float) -> np.ndarray:
     """Boolean [N, C]: class c is in the set of item i. Uncalibrated classes: argmax fallback."""
     proba = np.asarray(proba, dtype=np.float64)
     q = quantiles(scores, alpha)
@@ -56,7 +54,9 @@ def prediction_sets(
 
 def format_sets(members: np.ndarray, class_names: Sequence[str]) -> list[str]:
     """``;``-joined class names of each set (most probable first is not implied: class order)."""
-    return [";".join(name for name, inside in zip(class_names, row, strict=True) if inside) for row in members]
+    return [
+        ";".join(name for name, inside in zip(class_names, row, strict=True) if inside) for row in members
+    ]
 
 
 def coverage_report(

@@ -141,6 +141,10 @@ def prepare_data(
         )
     task = dataset.task(data_cfg.task)
     labels = dataset.labels(task)
+    if config.decision.enabled:  # an objective naming an unknown class fails before featurizing
+        from matcard.calibration import parse_objective
+
+        parse_objective(config.decision.objective, list(labels.class_names))
     featurizer = featurizer_from_config({"kind": kind, **config.featurizer.params})
     graphs, positions, failures = featurize_for(
         dataset,
@@ -215,7 +219,7 @@ def _make_or_load_split(
     path = None if run_dir is None else run_dir / SPLIT_FILE
     if path is not None and path.is_file() and (resuming or not write):
         saved = splits.Split.load(path, ids=ids, content_hash=str(dataset.content_hash))
-        return {name: saved.parts[name] for name in SPLIT_NAMES}
+        return {name: getattr(saved, name) for name in (*SPLIT_NAMES, "calibration")}
     data_cfg = config.data
     subset = np.arange(len(ids))
     if data_cfg.limit is not None and data_cfg.limit < len(ids):
@@ -239,6 +243,7 @@ def _make_or_load_split(
             y[subset], fractions=fractions, seed=config.trainer.seed, groups=groups
         )
         parts, meta = {name: subset[split.parts[name]] for name in SPLIT_NAMES}, split.meta
+    parts["train"], parts["calibration"] = _carve_calibration(config, y, parts, groups, subset)
     for name in ("train", "val"):
         if len(parts[name]) == 0:
             raise MatcardError(
@@ -249,16 +254,45 @@ def _make_or_load_split(
             parts["train"],
             parts["val"],
             parts["test"],
+            calibration=parts["calibration"],
             meta={
                 **meta,
                 "dataset": str(dataset.name),
                 "content_hash": str(dataset.content_hash),
                 "task": getattr(dataset.task(config.data.task), "name", config.data.task),
                 "limit": data_cfg.limit,
+                "calibration_fraction": data_cfg.calibration_fraction,
             },
         )
         saved.save(path, ids=ids)
     return parts
+
+
+def _carve_calibration(
+    config: TrainConfig,
+    y: np.ndarray,
+    parts: dict[str, np.ndarray],
+    groups: list[str] | None,
+    subset: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, calibration): ``data.calibration_fraction`` of the data, stratified and seeded, taken
+    from the training portion only, so val and test are exactly those of a run without it."""
+    from matcard import splits
+
+    train = parts["train"]
+    fraction = config.data.calibration_fraction
+    if fraction <= 0 or len(train) < 2:
+        return train, np.zeros(0, dtype=np.int64)
+    total = sum(len(part) for part in parts.values())
+    share = min(0.5, fraction * total / len(train))
+    train_groups = None
+    if groups is not None:
+        by_position = dict(zip(subset.tolist(), groups, strict=True))
+        train_groups = [by_position[int(i)] for i in train]
+    inner = splits.stratified_split(
+        y[train], fractions=(1.0 - share, share, 0.0), seed=config.trainer.seed, groups=train_groups
+    )
+    return train[inner.train], train[inner.val]
 
 
 def _stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -83,7 +83,9 @@ class DecisionLayer:
 
     def require_scores(self) -> list[list[float]]:
         if not self.conformal or "scores" not in self.conformal:
-            raise UsageError("--alpha: this model's decision layer has no conformal calibration; run matcard calibrate")
+            raise UsageError(
+                "--alpha: this model's decision layer has no conformal calibration; run matcard calibrate"
+            )
         return self.conformal["scores"]
 
 
@@ -164,7 +166,8 @@ def split_report(
     y = np.asarray(y, dtype=np.int64)
     raw = argmax_decisions(logits)
     report: dict[str, Any] = {"argmax": classification_metrics(y, raw.proba, class_names)}
-    counts = class_counts if class_counts is not None and len(class_counts) else np.bincount(y, minlength=len(class_names))
+    has_counts = class_counts is not None and len(class_counts)
+    counts = class_counts if has_counts else np.bincount(y, minlength=len(class_names))
     minority = minority_classes(counts)
     if layer is None:
         report["decision_layer"] = False
@@ -186,3 +189,45 @@ def split_report(
         report["conformal"]["guarantee"] = bool(layer.conformal and layer.conformal.get("guarantee"))
     report["ranking"] = ranking_metrics(y, decided.proba, class_names, minority)
     return report
+
+
+def decision_metrics(
+    layer: DecisionLayer | None,
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    class_names: list[str],
+    class_counts: Any,
+) -> dict[str, Any]:
+    """The ``decision`` block of metrics.json: the layer's summary, flags, and a split_report for
+    val and test (argmax and tuned metrics side by side)."""
+    flags: list[str] = []
+    if layer is None:
+        flags.append("no_decision_layer")
+    elif layer.conformal is not None:
+        if not layer.conformal.get("guarantee"):
+            flags.append("conformal_calibrated_on_val")
+        flags += [f"conformal_fallback:{name}" for name in layer.conformal.get("fallback_classes", [])]
+        if not layer.rule.get("objective_met", True):
+            flags.append("objective_not_met_on_val")
+    block: dict[str, Any] = {"layer": None if layer is None else layer.summary(), "flags": flags}
+    for name in ("val", "test"):
+        if name in logits:
+            block[name] = split_report(layer, logits[name], labels[name], class_names, class_counts)
+    return block
+
+
+def fit_for_splits(
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    class_names: list[str],
+    class_counts: Any,
+    *,
+    objective: str,
+    alpha: float,
+) -> tuple[DecisionLayer, dict[str, Any]]:
+    """Fit the layer on ``val`` (+ ``calibration`` when present) and report it (decision_metrics)."""
+    layer = fit_decision(
+        logits["val"], labels["val"], logits.get("calibration"), labels.get("calibration"),
+        class_names, class_counts, objective=objective, alpha=alpha,
+    )  # fmt: skip
+    return layer, decision_metrics(layer, logits, labels, class_names, class_counts)

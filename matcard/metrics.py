@@ -186,7 +186,7 @@ def ranking_metrics(
         )
         order = np.argsort(-proba[:, c], kind="stable") if n else np.zeros(0, dtype=np.int64)
         for fraction in fractions:
-            k = max(1, int(round(fraction * n))) if n else 0
+            k = max(1, round(fraction * n)) if n else 0
             hits = int(positives[order[:k]].sum()) if k else 0
             precision = hits / k if k else None
             entry[f"at_{round(fraction * 100):g}pct"] = {

@@ -21,7 +21,10 @@ from matcard.errors import ConfigError, UsageError
 from matcard.fileio import atomic_write_json
 
 # Settings that may differ when a run is resumed (they do not change what is being trained).
-RESUMABLE_CHANGES = {"trainer.epochs", "trainer.devices", "trainer.accelerator", "trainer.num_workers", "out"}
+RESUMABLE_CHANGES = {
+    "trainer.epochs", "trainer.devices", "trainer.accelerator", "trainer.num_workers", "out",
+    "decision.enabled", "decision.objective", "decision.alpha",  # fitted after training
+}  # fmt: skip
 # What a run writes; --overwrite removes exactly these (never other files a user put there).
 RUN_FILES = (
     "config.yaml",

@@ -30,14 +30,19 @@ class Split:
     val: np.ndarray
     test: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     meta: dict[str, Any] = field(default_factory=dict)
+    # carved from the training portion to calibrate conformal sets (matcard.decision); often empty
+    calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test", "calibration"):
             setattr(self, name, np.sort(np.asarray(getattr(self, name), dtype=np.int64)))
 
     @property
     def parts(self) -> dict[str, np.ndarray]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        if len(self.calibration):
+            parts["calibration"] = self.calibration
+        return parts
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.parts.values())
@@ -79,6 +84,7 @@ class Split:
             val=np.asarray(document["val"]),
             test=np.asarray(document.get("test", [])),
             meta=document.get("meta", {}),
+            calibration=np.asarray(document.get("calibration", [])),
         )
         expected_hash = split.meta.get("content_hash")
         if content_hash is not None and expected_hash is not None and expected_hash != content_hash:

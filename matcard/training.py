@@ -482,12 +482,17 @@ def _finish(
     _save_bundle(config, run_dir, data, model, best_epoch)
     trained = load_model(run_dir / "model", device="cpu")
     metrics: dict[str, Any] = {}
-    probabilities: dict[str, np.ndarray] = {}
+    logits: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    for name in ("calibration", "val", "test"):
+        if len(data.split.get(name, ())) or name != "calibration":
+            graphs, labels[name] = data.subset(name)
+            logits[name] = trained.predict_logits_data(graphs, batch_size=trainer_cfg.eval_batch_size)
+    probabilities = {name: _softmax(logits[name]) for name in ("val", "test")}
     for name in ("val", "test"):
-        graphs, y = data.subset(name)
-        probabilities[name] = trained.predict_proba_data(graphs, batch_size=trainer_cfg.eval_batch_size)
-        metrics[name] = classification_metrics(y, probabilities[name], trained.class_names)
-    write_predictions(run_dir / PREDICTIONS_FILE, data, probabilities)
+        metrics[name] = classification_metrics(labels[name], probabilities[name], trained.class_names)
+    trained, metrics["decision"] = _fit_decision_layer(config, run_dir, trained, logits, labels, train_counts)
+    write_predictions(run_dir / PREDICTIONS_FILE, data, probabilities, logits=logits, model=trained)
     metrics["meta"] = {
         "class_names": data.class_names,
         "train_class_counts": train_counts.tolist(),
@@ -528,10 +533,50 @@ def _finish(
     )
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    from matcard.calibration import softmax
+
+    return softmax(logits).astype(np.float32) if len(logits) else np.zeros_like(logits)
+
+
+def _fit_decision_layer(
+    config: TrainConfig,
+    run_dir: Path,
+    trained: TrainedModel,
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    train_counts: np.ndarray,
+) -> tuple[TrainedModel, dict[str, Any]]:
+    """Fit the post-hoc decision layer (matcard.decision) into the bundle; its metrics block."""
+    from matcard.bundle import load_model, set_decision
+    from matcard.decision import decision_metrics, fit_for_splits
+
+    if not config.decision.enabled:
+        return trained, decision_metrics(None, logits, labels, trained.class_names, train_counts)
+    layer, block = fit_for_splits(
+        logits, labels, trained.class_names, train_counts,
+        objective=config.decision.objective, alpha=config.decision.alpha,
+    )  # fmt: skip
+    for flag in block["flags"]:
+        console.print(f"[yellow]decision layer:[/] {escape(flag)}")
+    set_decision(run_dir / "model", layer.to_dict())
+    return load_model(run_dir / "model", device="cpu"), block
+
+
 def prediction_table(
-    split: str, ids: Sequence[str], y: np.ndarray, proba: np.ndarray, class_names: Sequence[str]
+    split: str,
+    ids: Sequence[str],
+    y: np.ndarray,
+    proba: np.ndarray,
+    class_names: Sequence[str],
+    logits: np.ndarray | None = None,
+    model: Any = None,
 ) -> Any:
-    """``split, id, label, predicted, prob_<class>`` rows (a DataFrame) for items with labels ``y``."""
+    """``split, id, label, predicted, prob_<class>`` rows (a DataFrame) for items with labels ``y``.
+
+    With ``logits`` (and a ``model`` with a decision layer): ``predicted_tuned`` (the layer's rule)
+    and ``logit_<class>`` too, so the layer can be refitted (matcard calibrate) without the model.
+    """
     import pandas as pd
 
     frame = pd.DataFrame(
@@ -544,10 +589,23 @@ def prediction_table(
     )
     for column, class_name in enumerate(class_names):
         frame[f"prob_{class_name}"] = proba[:, column]
+    if logits is not None:
+        layer = getattr(model, "decision", None)
+        tuned = layer.decide(logits).predicted if layer is not None and len(logits) else logits.argmax(axis=1)
+        frame["predicted_tuned"] = [class_names[k] for k in tuned]
+        for column, class_name in enumerate(class_names):
+            frame[f"logit_{class_name}"] = logits[:, column]
     return frame
 
 
-def write_predictions(path: Path, data: PreparedData, probabilities: dict[str, np.ndarray]) -> None:
+def write_predictions(
+    path: Path,
+    data: PreparedData,
+    probabilities: dict[str, np.ndarray],
+    *,
+    logits: dict[str, np.ndarray] | None = None,
+    model: Any = None,
+) -> None:
     """Per-item predictions of the bundle on each split (``prediction_table`` rows), atomically.
 
     Paired comparisons between runs (``matcard benchmark``'s bootstrap) need the items, not only the
@@ -555,9 +613,13 @@ def write_predictions(path: Path, data: PreparedData, probabilities: dict[str, n
     """
     import pandas as pd
 
+    logits = logits or {}
+    probabilities = {**{k: _softmax(v) for k, v in logits.items() if k not in probabilities}, **probabilities}
     frames = [
         prediction_table(
-            name, [data.ids[i] for i in data.split[name]], data.y[data.split[name]], proba, data.class_names
+            name, [data.ids[i] for i in data.split[name]], data.y[data.split[name]], proba, data.class_names,
+            logits=logits.get(name),
+            model=model,
         )
         for name, proba in probabilities.items()
     ]
@@ -616,12 +678,13 @@ def evaluate(
                 graphs, y = data.graphs, data.y
             else:
                 graphs, y = data.subset(split)
-            metrics = model.evaluate_data(graphs, y, batch_size=batch_size)
+            metrics, decision = _evaluate_decisions(model, graphs, y, batch_size)
             return {
                 "dataset": data.dataset_name,
                 "split": split,
                 "model": str(bundle_dir),
                 "metrics": metrics,
+                "decision": decision,
             }
     if dataset is None:
         raise UsageError(
@@ -644,9 +707,25 @@ def evaluate(
     graphs, positions, failures = featurize_for(
         other, model.featurizer, y_model, workers=1, cache=True, progress=progress
     )
-    metrics = model.evaluate_data(graphs, y_model[positions], batch_size=batch_size)
+    metrics, decision = _evaluate_decisions(model, graphs, y_model[positions], batch_size)
     metrics["featurization_failures"] = len(failures)
-    return {"dataset": str(other.name), "split": "all", "model": str(bundle_dir), "metrics": metrics}
+    return {
+        "dataset": str(other.name), "split": "all", "model": str(bundle_dir), "metrics": metrics,
+        "decision": decision,
+    }  # fmt: skip
+
+
+def _evaluate_decisions(
+    model: TrainedModel, graphs: list[Data], y: np.ndarray, batch_size: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(argmax metrics as before, the decision block: argmax and tuned side by side, conformal...)."""
+    from matcard.decision import decision_metrics, split_report
+
+    logits = model.predict_logits_data(graphs, batch_size)
+    y = np.asarray(y, dtype=np.int64)
+    report = split_report(model.decision, logits, y, model.class_names, model.class_counts)
+    block = decision_metrics(model.decision, {}, {}, model.class_names, model.class_counts)
+    return report["argmax"], {**block, **report}
 
 
 __all__ = [  # the public names, including those re-exported from the modules training was split into

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from matcard.bundle import BUNDLE_FILE, WEIGHTS_FILE, load_model, save_bundle
+from matcard.bundle import BUNDLE_FILE, WEIGHTS_FILE, NoDecisionLayerWarning, load_model, save_bundle
 from matcard.errors import MatcardError, UsageError
 from matcard.featurize import GraphFeaturizer
 from matcard.models import build_model
@@ -53,9 +53,11 @@ def test_bundle_restores_everything_without_the_original_config(bundle_dir, aflo
 def test_predict_returns_a_table_of_classes_and_probabilities(bundle_dir, aflow_dataset):
     restored = load_model(directory := bundle_dir[0])
     records = aflow_dataset.records()[:5]
-    frame = restored.predict(records)
+    with pytest.warns(NoDecisionLayerWarning):  # written without a decision layer: argmax, flagged
+        frame = restored.predict(records)
     prob_columns = [f"prob_{name}" for name in restored.class_names]
-    assert list(frame.columns) == ["id", "predicted_class", *prob_columns, "error", "detail"]
+    assert list(frame.columns) == ["id", "predicted_class", "argmax_class", *prob_columns, "error", "detail"]
+    assert frame.attrs["decision"] == "argmax (no decision layer)"
     assert frame["id"].tolist() == [r.id for r in records]
     np.testing.assert_allclose(frame[prob_columns].sum(axis=1), 1.0, atol=1e-5)
     best = frame[prob_columns].to_numpy().argmax(1)
