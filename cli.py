@@ -543,6 +543,47 @@ def _metrics_tables(metrics: dict, title: str) -> list:
     return [headline, per_class]
 
 
+def _decision_tables(block: dict | None, split: str) -> list:
+    """argmax and tuned side by side for one split of a ``decision`` block (matcard.decision)."""
+    from rich.table import Table
+
+    report = (block or {}).get(split) if block else None
+    if not report or "tuned" not in report:
+        return []
+    table = Table(title=f"{split}: argmax vs tuned decision", title_justify="left")
+    for column in ("metric", "argmax", "tuned"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "gmean", "ece"):
+        table.add_row(key, cell(report["argmax"].get(key)), cell(report["tuned"].get(key)))
+    for name, row in report["tuned"]["per_class"].items():
+        table.add_row(f"recall {escape(name)}", cell(report["argmax"]["per_class"][name]["recall"]),
+                      cell(row["recall"]))  # fmt: skip
+    layer = block.get("layer") or {}
+    rule = layer.get("rule", {})
+    conformal = report.get("conformal") or {}
+    notes = [
+        f"objective {escape(str(layer.get('objective')))}, rule {rule.get('kind')}"
+        + (f" ({rule['method']})" if rule.get("method") else "")
+        + (f" threshold {rule['threshold']:.4g}" if rule.get("kind") == "threshold" else ""),
+        f"temperature {layer.get('temperature', 1.0):.3g}",
+    ]
+    if conformal:
+        notes.append(
+            f"conformal alpha {conformal['alpha']:g}: coverage {cell(conformal['coverage'])}, "
+            f"min class coverage {cell(conformal.get('min_class_coverage'))}, "
+            f"mean set size {cell(conformal['mean_set_size'])}"
+            + ("" if conformal.get("guarantee") else " (calibrated on val: no guarantee)")
+        )
+    if block["flags"]:
+        notes.append(f"flags: {escape(', '.join(block['flags']))}")
+    table.caption = "; ".join(notes)
+    return [table]
+
+
 @app.command("train")
 def train_command(
     config: Annotated[
@@ -610,7 +651,9 @@ def train_command(
     if not result.is_global_zero:  # a DDP worker process: rank 0 reports
         return
     test = result.metrics["test"]
-    for table in _metrics_tables(test, "test metrics"):
+    for table in _metrics_tables(test, "test metrics (argmax)") + _decision_tables(
+        result.metrics.get("decision"), "test"
+    ):
         console.print(table)
     meta = result.metrics.get("meta", {})
     console.print(
@@ -649,8 +692,42 @@ def evaluate_command(
     if json_output:
         typer.echo(json.dumps(result, indent=2))
         return
-    for table in _metrics_tables(result["metrics"], f"{result['split']} metrics: {result['dataset']}"):
+    title = f"{result['split']} metrics (argmax): {result['dataset']}"
+    decision = result.get("decision") or {}
+    for table in _metrics_tables(result["metrics"], title) + _decision_tables(
+        {**decision, result["split"]: decision}, result["split"]
+    ):
         console.print(table)
+    if not decision.get("decision_layer", True):
+        console.print("[yellow]no decision layer in this model:[/] argmax only (matcard calibrate fits one)")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run: Annotated[str, typer.Argument(help="A finished training run directory.")],
+    objective: Annotated[
+        str | None,
+        typer.Option(help="macro_f1, balanced_accuracy, minority_f1, "
+            "recall>=R[:class], precision>=P[:class]"),
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Conformal miscoverage: sets cover 1 - alpha.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the decision block as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Refit a run's decision layer (temperature, rule, conformal sets) without retraining."""
+    import json
+
+    try:
+        from matcard.recalibrate import calibrate_run
+
+        block = calibrate_run(run, objective=objective, alpha=alpha, progress=not quiet)
+    except MatcardError as err:
+        raise fail(err) from None
+    for table in _decision_tables(block, "test"):
+        console.print(table)
+    console.print(f"rewrote the decision layer of {escape(run)}/model and metrics.json")
+    if json_output:
+        typer.echo(json.dumps(block, indent=2))
 
 
 def _is_run_dataset(run_or_model: str, dataset: str) -> bool:
@@ -697,6 +774,13 @@ def screen_command(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed to parse one file.")] = 10.0,
     keep_parts: Annotated[bool, typer.Option("--keep-parts", help="Keep shard parts after merging.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    decision: Annotated[
+        str | None,
+        typer.Option("--decision", help="tuned (the bundle's decision layer; default when present), argmax"),
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="Add conformal prediction sets covering 1 - alpha.")
+    ] = None,
 ) -> None:
     """Predict every input structure; rank a class; resume after interruption; scale out on Dask."""
     from matcard.screening import screen
@@ -720,6 +804,8 @@ def screen_command(
             disorder=disorder,
             timeout=timeout,
             keep_parts=keep_parts,
+            decision=decision,
+            alpha=alpha,
         )
     except MatcardError as err:
         raise fail(err) from err

@@ -42,7 +42,7 @@ from matcard.screening.shards import (
     item_key,
     prediction_schema,
 )
-from matcard.screening.worker import ShardItem, ShardOutput, ShardTask, TrainingDomain
+from matcard.screening.worker import DecisionChoice, ShardItem, ShardOutput, ShardTask, TrainingDomain
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 DEFAULT_BATCH_SIZE = 256
@@ -71,6 +71,8 @@ class ScreenResult:
     shortlist: Any = None  # pandas.DataFrame when out is None and a class was ranked
     failure_reasons: dict[str, int] = field(default_factory=dict)
     flag_counts: dict[str, int] = field(default_factory=dict)  # rows carrying each flag name
+    decision: str = "argmax"  # tuned / argmax / "argmax (no decision layer)"
+    alpha: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -94,6 +96,8 @@ class ScreenResult:
             "backend": self.backend,
             "failure_reasons": self.failure_reasons,
             "flag_counts": self.flag_counts,
+            "decision": self.decision,
+            "alpha": self.alpha,
         }
 
 
@@ -130,8 +134,14 @@ def screen(
     shard_atoms: int | None = None,
     keep_parts: bool = False,
     progress: bool = True,
+    decision: str | None = None,
+    alpha: float | None = None,
 ) -> ScreenResult:
     """Screen ``inputs`` with ``model`` (a TrainedModel or a bundle/run path).
+
+    ``decision``: ``tuned`` (the bundle's decision layer; the default when it has one) or
+    ``argmax``; probabilities are calibrated whenever the bundle has a layer, so the shortlist ranks
+    by calibrated probability. ``alpha`` adds a ``prediction_set`` column (conformal, 1 - alpha).
 
     ``inputs``: files, folders, globs, ASE databases, CSV/Parquet with a CIF column, or registry
     dataset names. ``out``: ``.csv`` or ``.parquet``; None keeps everything in memory and returns the
@@ -155,7 +165,12 @@ def screen(
         resume,
         overwrite,
     )
+    from matcard.decision import check_alpha, check_mode
+
+    check_mode(decision)
+    check_alpha(alpha)
     model_ref, model = _load(model)
+    choice = _decision_choice(model, decision, alpha)
     class_names = list(model.class_names)
     if target_class is not None and target_class not in class_names:
         raise UsageError(
@@ -186,6 +201,7 @@ def screen(
                 shard_atoms=shard_atoms,
                 keep_parts=False,
                 progress=progress,
+                choice=choice,
             )
             import pandas as pd
 
@@ -216,7 +232,25 @@ def screen(
         shard_atoms=shard_atoms,
         keep_parts=keep_parts,
         progress=progress,
+        choice=choice,
     )
+
+
+def _decision_choice(model: Any, decision: str | None, alpha: float | None) -> DecisionChoice:
+    """The decision mode for this model; a model without a decision layer predicts argmax (warned)."""
+    from matcard.console import console, escape
+
+    if hasattr(model, "resolve_decision"):
+        mode = model.resolve_decision(decision, alpha)
+        if getattr(model, "decision", None) is None:
+            console.print(
+                f"[yellow]warning:[/] {escape(getattr(model, 'path', None) or 'this model')} has no decision "
+                "layer: argmax of uncalibrated probabilities (matcard calibrate RUN fits one)"
+            )
+        return DecisionChoice(mode, alpha)
+    if decision == "tuned" or alpha is not None:
+        raise UsageError("--decision tuned / --alpha need a matcard model bundle with a decision layer")
+    return DecisionChoice("argmax", None)
 
 
 # --------------------------------------------------------------------------- validation / inputs
@@ -425,17 +459,19 @@ def _run(
     shard_atoms: int | None,
     keep_parts: bool,
     progress: bool,
+    choice: DecisionChoice,
 ) -> ScreenResult:
     from matcard.console import console, escape, make_progress
 
     out = out.resolve()
-    schema = prediction_schema(class_names)
+    schema = prediction_schema(class_names, with_sets=choice.alpha is not None)
     own = (out, errors_path_for(out), shortlist_path_for(out), state_dir_for(out))
     own += (Path(shortlist).resolve(),) if shortlist is not None else ()
     listing = list_input_files(sources, exclude=own, unstamped=[Path(ase_db)] if ase_db else [])
-    store = ShardStore(
-        state_dir_for(out), fingerprint(model, sources, class_names, disorder, listing), schema, listing
-    )
+    # a resume with another decision mode / alpha would mix two kinds of rows
+    stamp = fingerprint(model, sources, class_names, disorder, listing)
+    stamp["decision"] = [choice.mode, choice.alpha]
+    store = ShardStore(state_dir_for(out), stamp, schema, listing)
     store.open(resume=resume, overwrite=overwrite)
     _remove_stale_temp_files(out)
     finished = store.finished_keys()
@@ -479,7 +515,7 @@ def _run(
 
             def dispatch(items: list[ShardItem]) -> None:
                 nonlocal next_index, read_failures
-                task = ShardTask(next_index, tuple(items), batch_size, domain)
+                task = ShardTask(next_index, tuple(items), batch_size, domain, choice)
                 next_index += 1
                 entry = _Pending(task, read_failures)
                 read_failures = []
@@ -517,7 +553,7 @@ def _run(
             if tail is not None:
                 dispatch(tail)
             if read_failures:  # failures after the last structure: a shard with no work
-                entry = _Pending(ShardTask(next_index, (), batch_size, domain), read_failures)
+                entry = _Pending(ShardTask(next_index, (), batch_size, domain, choice), read_failures)
                 n_processed += _commit(store, entry, ShardOutput(next_index, {}, [], 0.0), schema, writer)
                 read_failures = []
             while pending:
@@ -536,6 +572,9 @@ def _run(
     result.n_processed = n_processed
     result.seconds = seconds
     result.backend = backend.describe()
+    no_layer = getattr(model, "decision", None) is None
+    result.decision = "argmax (no decision layer)" if no_layer else choice.mode
+    result.alpha = choice.alpha
     if not keep_parts:
         store.remove()
     return result

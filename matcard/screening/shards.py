@@ -53,16 +53,19 @@ def item_key(id_: str, source: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def prediction_schema(class_names: Iterable[str]) -> pa.Schema:
+def prediction_schema(class_names: Iterable[str], with_sets: bool = False) -> pa.Schema:
     """Columns of a shard part: ``seq`` (stream position, dropped on merge) + the public columns."""
     fields = [
         ("seq", pa.int64()),
         ("id", pa.string()),
         ("source", pa.string()),
         ("predicted_class", pa.string()),
+        ("argmax_class", pa.string()),
     ]
     fields += [(f"prob_{name}", pa.float64()) for name in class_names]
-    fields += [("max_prob", pa.float64()), ("flags", pa.string())]
+    fields += [("max_prob", pa.float64())]
+    fields += [("prediction_set", pa.string())] if with_sets else []
+    fields += [("flags", pa.string())]
     return pa.schema(fields)
 
 

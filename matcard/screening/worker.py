@@ -36,11 +36,21 @@ class ShardItem:
 
 
 @dataclass(frozen=True)
+class DecisionChoice:
+    """How classes are decided: ``tuned`` (the bundle's decision layer) or ``argmax``; with
+    ``alpha``, conformal prediction sets too (matcard.decision)."""
+
+    mode: str = "argmax"
+    alpha: float | None = None
+
+
+@dataclass(frozen=True)
 class ShardTask:
     index: int
     items: tuple[ShardItem, ...]
     batch_size: int
     domain: TrainingDomain
+    decision: DecisionChoice = DecisionChoice()
 
 
 @dataclass
@@ -197,8 +207,10 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
         "id": [],
         "source": [],
         "predicted_class": [],
+        "argmax_class": [],
         **{f"prob_{name}": [] for name in class_names},
         "max_prob": [],
+        **({"prediction_set": []} if task.decision.alpha is not None else {}),
         "flags": [],
     }
     errors: list[tuple[int, str, str, str, str]] = []
@@ -221,41 +233,63 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
         if not ready:
             continue
         try:
-            probabilities = _predict(model, [data for _, data, _ in ready])
-            predicted = [(r, probabilities[i]) for i, r in enumerate(ready)]
+            decided = _predict(model, [data for _, data, _ in ready], task.decision)
+            predicted = [(r, decided[i]) for i, r in enumerate(ready)]
         except Exception:  # isolate the item that breaks the batch
             predicted = []
             for entry in ready:
                 try:
-                    predicted.append((entry, _predict(model, [entry[1]])[0]))
+                    predicted.append((entry, _predict(model, [entry[1]], task.decision)[0]))
                 except Exception as exc:
                     item = entry[0]
                     reason, detail = plain_reason(exc)
                     errors.append((item.seq, item.id, item.source, f"cannot predict: {reason}", detail))
-        for (item, _, flags), probs in predicted:
+        for (item, _, flags), (probs, chosen, best, members) in predicted:
             if not np.all(np.isfinite(probs)):
                 reason = "cannot predict: the model gave non-finite probabilities"
                 errors.append((item.seq, item.id, item.source, reason, ""))
                 continue
-            best = int(np.argmax(probs))
             columns["seq"].append(item.seq)
             columns["id"].append(item.id)
             columns["source"].append(item.source)
-            columns["predicted_class"].append(class_names[best])
+            columns["predicted_class"].append(class_names[chosen])
+            columns["argmax_class"].append(class_names[best])
             for name, value in zip(class_names, probs, strict=True):
                 columns[f"prob_{name}"].append(float(value))
             columns["max_prob"].append(float(probs[best]))
+            if "prediction_set" in columns:
+                inside = zip(class_names, members, strict=True)
+                columns["prediction_set"].append(";".join(name for name, member in inside if member))
             columns["flags"].append(";".join(dict.fromkeys(flags)))
     return ShardOutput(task.index, columns, errors, time.perf_counter() - started)
 
 
-def _predict(model: ScreeningModel, data: Sequence[Any]) -> np.ndarray:
+def _predict(
+    model: ScreeningModel, data: Sequence[Any], choice: DecisionChoice
+) -> list[tuple[np.ndarray, int, int, np.ndarray | None]]:
+    """(calibrated probabilities, decided class, argmax class, set membership or None) per item.
+
+    Models with a decision layer (TrainedModel.decide_logits) are applied to their logits; any other
+    model's probabilities are used as they are, with argmax.
+    """
+    n_classes = len(model.class_names)
+    if hasattr(model, "decide_logits") and hasattr(model, "predict_logits_data"):
+        logits = np.asarray(model.predict_logits_data(list(data)), dtype=np.float64)
+        if logits.shape != (len(data), n_classes):
+            raise RuntimeError(f"model returned logits of shape {logits.shape} for {len(data)} inputs")
+        decided = model.decide_logits(logits, choice.mode, choice.alpha)
+        sets = decided.sets if decided.sets is not None else [None] * len(data)
+        return [
+            (decided.proba[i], int(decided.predicted[i]), int(decided.argmax[i]), sets[i])
+            for i in range(len(data))
+        ]
     probabilities = np.asarray(model.predict_proba_data(list(data)), dtype=np.float64)
-    if probabilities.shape != (len(data), len(model.class_names)):
+    if probabilities.shape != (len(data), n_classes):
         raise RuntimeError(
             f"model returned probabilities of shape {probabilities.shape} for {len(data)} inputs"
         )
-    return probabilities
+    best = probabilities.argmax(axis=1)
+    return [(row, int(b), int(b), None) for row, b in zip(probabilities, best, strict=True)]
 
 
 # --------------------------------------------------------------------------- worker processes
