@@ -536,7 +536,7 @@ def _finish(
 def _softmax(logits: np.ndarray) -> np.ndarray:
     from matcard.calibration import softmax
 
-    return softmax(logits).astype(np.float32) if len(logits) else np.zeros_like(logits)
+    return softmax(logits) if len(logits) else np.zeros_like(logits, dtype=np.float64)
 
 
 def _fit_decision_layer(
