@@ -74,11 +74,8 @@ def test_run_directory_is_complete(run):
 
 def test_split_is_stratified_disjoint_and_saved(run):
     split = json.loads((run.run_dir / "splits/split.json").read_text())
-    parts = {name: set(split["ids"][name]) for name in ("train", "val", "test")}
-    assert not (
-        parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"]
-    )
-    assert sum(len(p) for p in parts.values()) == 150
+    parts = {name: set(split["ids"][name]) for name in ("train", "val", "test", "calibration")}
+    assert sum(len(p) for p in parts.values()) == len(set().union(*parts.values())) == 150  # disjoint
     meta = run.metrics["meta"]
     assert (meta["n_train"], meta["n_val"], meta["n_test"]) == tuple(
         len(parts[n]) for n in ("train", "val", "test")

@@ -20,7 +20,8 @@ PROBS = [f"prob_{c}" for c in CLASSES]
 
 def _check_rows(frame: pd.DataFrame) -> None:
     """Every row is a well-formed prediction."""
-    assert list(frame.columns) == ["id", "source", "predicted_class", *PROBS, "max_prob", "flags"]
+    expected = ["id", "source", "predicted_class", "argmax_class", *PROBS, "max_prob", "flags"]
+    assert list(frame.columns) == expected
     probs = frame[PROBS].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (frame["predicted_class"].to_numpy() == np.array(CLASSES)[probs.argmax(axis=1)]).all()

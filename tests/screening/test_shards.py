@@ -29,6 +29,7 @@ def _results(seqs: list[int], prefix: str = "s") -> pa.Table:
             "id": [f"{prefix}{s}" for s in seqs],
             "source": [f"file.csv:row {s}" for s in seqs],
             "predicted_class": ["cubic"] * n,
+            "argmax_class": ["cubic"] * n,
             "prob_cubic": [0.75] * n,
             "prob_hexagonal": [0.25] * n,
             "max_prob": [0.75] * n,
