@@ -802,6 +802,8 @@ def _fit_and_finish(
         "selected_on": MONITOR,
         "model": config.model.name,
         "loss": config.loss.name,
+        # class weights the loss applied (mean per-sample weight per class for reweighting losses)
+        "realised_class_weights": module.loss.realised_class_weights(),
         "dataset": data.dataset_name,
         "task": getattr(data.task, "name", config.data.task),
         "seed": trainer_cfg.seed,
