@@ -526,8 +526,11 @@ def preflight(config: TrainConfig) -> None:
     except Exception as error:
         raise ConfigError(f"featurizer.params: {error}") from error
     build_model(config.model.name, 4, 2, **_model_params(config))
+    # per-class lists (weighted_ce weights, focal alpha) fix the class count; the data checks it later
+    lists = [v for k, v in config.loss.params.items() if k in ("weights", "alpha") and isinstance(v, list)]
+    n_classes = len(lists[0]) if lists and len(lists[0]) >= 2 else 2
     try:
-        losses.build(config.loss.name, [10, 10], **config.loss.params)
+        losses.build(config.loss.name, [10] * n_classes, **config.loss.params)
     except ConfigError as error:
         raise ConfigError(f"loss: {error}") from error
 
