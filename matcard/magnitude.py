@@ -426,16 +426,24 @@ def line_weighting(coordinates: torch.Tensor, t: float) -> torch.Tensor:
 
 def merge_clusters(points: torch.Tensor, tolerance: float) -> torch.Tensor:
     """Cluster label per row (leader clustering): a row joins the first earlier leader within tolerance."""
-    close = (_distances_in_place(points.detach().to(torch.float64)) <= tolerance).cpu().numpy()
-    labels = np.full(close.shape[0], -1, dtype=np.int64)
-    next_label = 0
-    for row in range(close.shape[0]):
-        if labels[row] >= 0:
-            continue
-        members = close[row] & (labels < 0)
-        labels[members] = next_label
-        next_label += 1
-    return torch.from_numpy(labels).to(points.device)
+    return _labels_from_distances(_distances_in_place(points.detach().to(torch.float64)), tolerance)
+
+
+def _labels_from_distances(distances: torch.Tensor, tolerance: float) -> torch.Tensor:
+    close = (distances <= tolerance).cpu().numpy()
+    n = close.shape[0]
+    labels = np.arange(n, dtype=np.int64)
+    crowded = np.flatnonzero(close.sum(axis=1) > 1)
+    if crowded.size:  # only rows with a close neighbour need the sequential pass
+        labels[:] = -1
+        next_label = 0
+        for row in range(n):
+            if labels[row] >= 0:
+                continue
+            members = close[row] & (labels < 0)
+            labels[members] = next_label
+            next_label += 1
+    return torch.from_numpy(labels).to(distances.device)
 
 
 def _line_coordinates(points: torch.Tensor) -> torch.Tensor | None:
@@ -454,8 +462,11 @@ def _line_coordinates(points: torch.Tensor) -> torch.Tensor | None:
 def _stable_weighting_tensor(points: torch.Tensor, t: float, merge_tol: float) -> torch.Tensor:
     with torch.no_grad():
         points = points.detach().to(torch.float64)
-        labels = merge_clusters(points, merge_tol / t)
+        distances = _distances_in_place(points)
+        labels = _labels_from_distances(distances, merge_tol / t)
         n_clusters = int(labels.max()) + 1
+        if n_clusters == points.shape[0] and _line_coordinates(points) is None:
+            return solve_weighting(distances.mul_(-t).exp_())  # nothing merged: one solve
         sizes = torch.bincount(labels, minlength=n_clusters).to(torch.float64)
         centres = torch.zeros(n_clusters, points.shape[1], dtype=torch.float64, device=points.device)
         centres.index_add_(0, labels, points).div_(sizes[:, None])
