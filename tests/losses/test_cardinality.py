@@ -247,8 +247,8 @@ def test_reference_form_traps_the_constant_predictor(name, batch, positive_fract
     logits, target, counts = constant_batch(batch, positive_fraction)
     loss, _ = frozen_loss(name, counts, batch, target)
     assert loss.mode == "replace" and loss.t == 1.0
-    lowering, _ = perturbation_outcome(loss, logits, target, None, directions=16)
-    assert lowering <= 0.05
+    lowering, _ = perturbation_outcome(loss, logits, target, None, directions=24)
+    assert lowering <= 0.1  # default forms: >= 0.3 (most batches: 0.5 to 0.9)
 
 
 # ---------------------------------------------------------------------------------------------
