@@ -72,7 +72,7 @@ class WeightedCrossEntropyLoss(ImbalanceLoss):
                 raise ConfigError("weighted_ce: give either weights or scheme, not both")
             explicit = explicit_class_weights(weights, self.n_classes, "weights")
             self.scheme = "explicit"
-            self.register_buffer("class_weight", explicit.to(torch.float32))
+            self.register_buffer("class_weight", explicit)  # float64: the control reports them exactly
         else:
             self.scheme = scheme or "inverse"
             weights_ = class_weights(self.class_counts, self.scheme, beta)  # type: ignore[arg-type]
