@@ -182,8 +182,11 @@ def preflight(config: TrainConfig) -> None:
     except Exception as error:
         raise ConfigError(f"featurizer.params: {error}") from error
     build_model(config.model.name, 4, 2, **_model_params(config))
+    # per-class lists (weighted_ce weights, focal alpha) fix the class count; the data checks it later
+    lists = [v for k, v in config.loss.params.items() if k in ("weights", "alpha") and isinstance(v, list)]
+    n_classes = len(lists[0]) if lists and len(lists[0]) >= 2 else 2
     try:
-        losses.build(config.loss.name, [10, 10], **config.loss.params)
+        losses.build(config.loss.name, [10] * n_classes, **config.loss.params)
     except ConfigError as error:
         raise ConfigError(f"loss: {error}") from error
 
@@ -499,6 +502,8 @@ def _finish(
         "selected_on": MONITOR,
         "model": config.model.name,
         "loss": config.loss.name,
+        # class weights the loss applied (mean per-sample weight per class for reweighting losses)
+        "realised_class_weights": module.loss.realised_class_weights(),
         "dataset": data.dataset_name,
         "task": getattr(data.task, "name", config.data.task),
         "seed": trainer_cfg.seed,
