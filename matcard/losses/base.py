@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from matcard.errors import ConfigError, UsageError
+from matcard.names import LOSS_ALIASES as _ALIASES
 
 WeightScheme = Literal["inverse", "inverse_sqrt", "median", "class_balanced", "none"]
 
@@ -230,14 +231,3 @@ def build(name: str, class_counts: Sequence[int] | np.ndarray | torch.Tensor, **
         raise ConfigError(f"loss {key!r}: {error}") from error
 
 
-_ALIASES: dict[str, str] = {
-    "cross_entropy": "ce",
-    "crossentropy": "ce",
-    "wce": "weighted_ce",
-    "cb": "class_balanced",
-    "la": "logit_adjusted",
-    "logit_adjustment": "logit_adjusted",
-    "eql": "equalization",
-    "ot": "ot_reweight",
-    "mag": "magnitude",
-}
