@@ -596,6 +596,11 @@ def train_command(
         + (f"; {len(result.failures)} item(s) skipped, see failures.csv" if result.failures else "")
     )
     console.print(f"run directory: [bold]{result.run_dir}[/]  (model: {result.run_dir / 'model'})")
+    if result.metrics.get("collapsed"):
+        from matcard.collapse import CollapseReport, warning_text
+
+        verdict = CollapseReport(**result.metrics["collapse"])
+        console.print(f"[bold yellow]warning:[/] {warning_text(verdict, meta.get('loss', '?'))}")
 
 
 @app.command("evaluate")

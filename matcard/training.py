@@ -54,6 +54,7 @@ HISTORY_COLUMNS = (
     "val_accuracy",
     "val_balanced_accuracy",
     "val_macro_f1",
+    "val_top_class_fraction",
     "lr",
     "epoch_seconds",
 )
@@ -135,7 +136,7 @@ def _lightning_module_class() -> type[L.LightningModule]:
             self._val_loss_sum = torch.zeros((), dtype=torch.float64)
             self._val_count = 0
 
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
+        def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             value, logits = self._loss(batch)
             target = batch.y.view(-1)
             predicted = logits.argmax(dim=1)
@@ -144,6 +145,7 @@ def _lightning_module_class() -> type[L.LightningModule]:
             self.val_accuracy.update(predicted, target)
             self._val_loss_sum += value.detach().double().cpu() * batch.num_graphs
             self._val_count += batch.num_graphs
+            return predicted  # read by the collapse monitor
 
         def on_validation_epoch_end(self) -> None:
             # torchmetrics already reduced these over ranks; sync_dist averages identical values
@@ -240,6 +242,7 @@ def _callback_classes() -> tuple[type, type]:
                 "val_accuracy": float(metrics.get("val_accuracy", math.nan)),
                 "val_balanced_accuracy": float(metrics.get("val_balanced_accuracy", math.nan)),
                 "val_macro_f1": float(metrics.get(MONITOR, math.nan)),
+                "val_top_class_fraction": float(metrics.get("val_top_class_fraction", math.nan)),
                 "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan,
                 "epoch_seconds": round(time.perf_counter() - self._epoch_started, 3),
             }
@@ -647,7 +650,7 @@ def _fit_and_finish(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from torch_geometric.loader import DataLoader
 
-    from matcard import losses
+    from matcard import collapse, losses
     from matcard.bundle import load_model, save_bundle
     from matcard.models import build_model
 
@@ -700,6 +703,7 @@ def _fit_and_finish(
         history_cls(run_dir / "history.csv", enabled=is_zero),
         progress_cls(progress),
         checkpoint,
+        collapse.monitor_callback(),
     ]
     if trainer_cfg.patience is not None:
         callbacks.append(
@@ -806,6 +810,16 @@ def _fit_and_finish(
         "task": getattr(data.task, "name", config.data.task),
         "seed": trainer_cfg.seed,
     }
+    verdict = collapse.assess(
+        probabilities["val"].argmax(axis=1),
+        data.subset("val")[1],
+        data.class_names,
+        [row.get("val_top_class_fraction", math.nan) for row in history_rows],
+    )
+    metrics.update(collapsed=verdict.collapsed, collapse=verdict.to_dict())
+    metrics["loss"] = collapse.loss_record(config.loss.name, config.loss.params, module.loss)
+    if verdict.collapsed:
+        console.print(f"[yellow]warning: {collapse.warning_text(verdict, config.loss.name)}[/]")
     atomic_write_json(run_dir / "metrics.json", metrics)
     from matcard.metrics import plot_confusion_matrix, plot_per_class_recall
 
