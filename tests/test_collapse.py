@@ -109,14 +109,20 @@ def test_the_reference_magnitude_loss_collapses_and_is_reported(env, tmp_path):
     metrics = _metrics(out)
     assert metrics["collapsed"] is True
     assert metrics["collapse"]["fraction"] >= 0.99
-    assert metrics["loss"] == {"name": "magnitude", "params": {"mode": "replace"}, "realised_class_weights": None}
+    assert metrics["loss"] == {
+        "name": "magnitude",
+        "params": {"mode": "replace"},
+        "realised_class_weights": None,
+    }
     assert "collapsed to a constant predictor" in result.output and "'magnitude'" in result.output
     history = pd.read_csv(out / "history.csv")
     assert history["val_top_class_fraction"].between(0, 1).all() and len(history) == 2
 
 
 def test_a_reweighting_loss_records_its_weights_and_the_verdict_matches_its_predictions(env, tmp_path):
-    result = matcard.train(out=str(tmp_path / "run"), progress=False, **{**TINY, "loss.name": "test_reweighted"})
+    result = matcard.train(
+        out=str(tmp_path / "run"), progress=False, **{**TINY, "loss.name": "test_reweighted"}
+    )
     metrics = _metrics(result.run_dir)
     counts = metrics["meta"]["train_class_counts"]
     expected = _Reweighted(counts).realised_class_weights()
