@@ -781,6 +781,7 @@ def benchmark_command(
                     progress.console.print(
                         f"  {cell.label} seed {cell.seed}: test macro-F1 {test_f1:.3f}, epoch "
                         f"{record['selected_epoch']} of {record['epochs_run']}, {record['seconds']:.0f} s"
+                        + (" [yellow](collapsed: constant predictor)[/]" if record.get("collapsed") else "")
                     )
 
             result = benchmark.run_benchmark(

@@ -24,7 +24,8 @@ both the seeds and the test items (the same resampled items for both losses: a p
 
 Modules: ``schema`` (study YAML, entries, result), ``planning`` (study -> cells with resolved
 settings), ``cells`` (train one cell, read its record), ``stats`` (scores, paired bootstrap), ``run``
-(every cell, then the summary), ``report`` (tables, files, plots).
+(every cell, controls after their entries), ``summary`` (rows per seed and entry, paired differences
+against the baseline and a count-matched control), ``report`` (tables, files, plots).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 from matcard.benchmark.cells import (
     _cell_predictions,
     prediction_arrays,
-    read_cell,
     run_cell,
     synthetic_class_names,
 )
@@ -40,6 +40,7 @@ from matcard.benchmark.planning import (
     Cell,
     load_benchmark_config,
     plan_cells,
+    read_cell,
     study_from_options,
 )
 from matcard.benchmark.report import (
@@ -52,7 +53,7 @@ from matcard.benchmark.report import (
     summary_for_json,
     write_outputs,
 )
-from matcard.benchmark.run import environment, run_benchmark, summarise
+from matcard.benchmark.run import run_benchmark
 from matcard.benchmark.schema import (
     CELL_FILE,
     FORBIDDEN_OVERRIDES,
@@ -71,7 +72,15 @@ from matcard.benchmark.schema import (
     parse_seed_option,
     select_losses,
 )
-from matcard.benchmark.stats import _confusion, _scores, choose_minority, minority_recall, paired_bootstrap
+from matcard.benchmark.stats import (
+    _confusion,
+    _scores,
+    choose_minority,
+    minority_pr_auc,
+    minority_recall,
+    paired_bootstrap,
+)
+from matcard.benchmark.summary import environment, summarise
 
 __all__ = [
     "CELL_FILE",
@@ -95,6 +104,7 @@ __all__ = [
     "environment",
     "load_benchmark_config",
     "markdown_table",
+    "minority_pr_auc",
     "minority_recall",
     "paired_bootstrap",
     "parse_loss_list",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,16 +13,6 @@ from matcard._version import __version__
 from matcard.benchmark.planning import Cell
 from matcard.benchmark.schema import CELL_FILE
 from matcard.fileio import atomic_path, atomic_write_json, atomic_write_text
-
-
-def read_cell(cell: Cell) -> dict[str, Any] | None:
-    """The finished cell's record, or None (missing, damaged, or of other settings)."""
-    path = cell.directory / CELL_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if record.get("key") == cell.key else None
 
 
 @dataclass
@@ -36,6 +25,8 @@ class _Trained:
     selected_epoch: int | None
     epochs_run: int | None
     val_macro_f1: float | None
+    # what the trained loss did: metrics.json's ``loss``, ``collapsed`` and ``collapse``
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -64,6 +55,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         "val_macro_f1": trained.val_macro_f1,
         "test": classification_metrics(y, proba, class_names),
         "seconds": round(time.perf_counter() - started, 2),
+        **trained.diagnostics,
         "matcard_version": __version__,
     }
     atomic_write_json(cell.directory / CELL_FILE, record)
@@ -84,6 +76,7 @@ def _train_cell(cell: Cell) -> _Trained:
         selected_epoch=meta.get("best_epoch"),
         epochs_run=meta.get("epochs_run"),
         val_macro_f1=result.metrics["val"]["macro_f1"],
+        diagnostics={key: result.metrics.get(key) for key in ("loss", "collapsed", "collapse")},
     )
 
 
@@ -92,7 +85,7 @@ def _synthetic_cell(cell: Cell) -> _Trained:
     test predictions into the cell's folder."""
     import pandas as pd
 
-    from matcard import reproduce
+    from matcard import collapse, reproduce
     from matcard.training import prediction_table
 
     settings = cell.settings
@@ -112,6 +105,8 @@ def _synthetic_cell(cell: Cell) -> _Trained:
     with atomic_path(cell.directory / "predictions.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
     data = reproduce.make_synthetic(synthetic, cell.seed)
+    # the synthetic protocol keeps no validation predictions: judge the selected epoch on test
+    verdict = collapse.assess(run.selected_proba.argmax(axis=1), run.test_labels, class_names)
     return _Trained(
         predictions=frame,
         data={
@@ -125,6 +120,11 @@ def _synthetic_cell(cell: Cell) -> _Trained:
         selected_epoch=run.selected_epoch,
         epochs_run=len(run.records),
         val_macro_f1=float(history["val_macro_f1"].max()),
+        diagnostics={
+            "loss": {"name": settings["loss"], "params": settings["params"], "realised_class_weights": None},
+            "collapsed": verdict.collapsed,
+            "collapse": {**verdict.to_dict(), "split": "test"},
+        },
     )
 
 

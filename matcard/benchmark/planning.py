@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from matcard.benchmark.schema import (
     _PER_CELL_SYNTHETIC_FIELDS,
     _UNKEYED,
+    CELL_FILE,
     FORBIDDEN_OVERRIDES,
     STANDARD,
     SYNTHETIC_SETTINGS,
@@ -40,15 +42,18 @@ def load_benchmark_config(
     return _validated(tree, f" in {path}" if path is not None else "")
 
 
-def _validated(tree: dict[str, Any], origin: str) -> BenchmarkConfig:
+def _validated(tree: dict[str, Any], origin: str, select: Sequence[str] | None = None) -> BenchmarkConfig:
+    """The schema, then (on the entries ``select`` keeps) every cell's settings."""
     from matcard.config import format_validation_error
 
     try:
         config = BenchmarkConfig.model_validate(tree)
     except ValidationError as error:
         raise format_validation_error(error, origin) from None
+    if select is not None:
+        config = select_losses(config, select)
     try:
-        plan_cells(config, Path("."))
+        plan_cells(config, Path("."), resolve_controls=False)
     except ConfigError as error:
         raise ConfigError(f"{error}{origin}") from None
     return config
@@ -113,10 +118,10 @@ def study_from_options(
         tree["seeds"] = parse_seed_option(seeds, first)
     if baseline is not None:
         tree["baseline"] = baseline
-    study = _validated(tree, origin)
-    if losses is not None and path is not None:
-        study = select_losses(study, [name.strip() for name in losses.split(",") if name.strip()])
-    return study
+    # a study file's --losses selects before the cells are checked, so a subset runs even when
+    # another entry needs a loss this installation lacks
+    select = [name.strip() for name in losses.split(",") if name.strip()] if losses and path else None
+    return _validated(tree, origin, select)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,22 @@ class Cell:
     directory: Path
     kind: str
     settings: dict[str, Any]  # train: the full TrainConfig tree; synthetic: SyntheticConfig + options
+    waits_for: str | None = None  # a control whose weights are not known yet: the entry it waits for
+
+
+PENDING = "pending"  # the key of a control cell whose entry's cell has not finished
+
+
+def read_cell(cell: Cell) -> dict[str, Any] | None:
+    """The finished cell's record, or None (missing, damaged, of other settings, or pending)."""
+    if cell.waits_for is not None:
+        return None
+    path = cell.directory / CELL_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("key") == cell.key else None
 
 
 def _entry_train_config(config: BenchmarkConfig, entry: LossEntry, seed: int, threads: int) -> Any:
@@ -218,23 +239,97 @@ def _key(kind: str, settings: dict[str, Any]) -> str:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    if kind == "train" and isinstance(keyed.get("loss"), dict):
+        loss = keyed["loss"]
+        loss["params"] = _default_mode_keyed(loss.get("name"), loss.get("params") or {})
+    elif isinstance(keyed.get("loss"), str):
+        keyed["params"] = _default_mode_keyed(keyed["loss"], keyed.get("params") or {})
     payload = json.dumps({"kind": kind, "settings": keyed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
-def plan_cells(config: BenchmarkConfig, out: Path, threads: int | None = None) -> list[Cell]:
-    """Every (entry, seed) cell with its validated settings; fails naming the entry and field."""
-    cells = []
-    for entry in config.losses:
+def _default_mode_keyed(name: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Cardinality-loss params with the default ``mode`` written in when it is not the mode the key
+    used to mean (replace for errors, divide for embeddings): a cell computed under an older default
+    is then never reused for a newer one, while every key made so far stays what it was."""
+    if name not in ("magnitude", "spread") or "mode" in params:
+        return params
+    from matcard.losses import build
+
+    try:
+        mode = getattr(build(name, [10, 10], **params), "mode", None)
+    except ConfigError:
+        return params  # the cell's own validation reports it
+    legacy = "replace" if params.get("source", "errors") == "errors" else "divide"
+    return params if mode in (None, legacy) else {**params, "mode": mode}
+
+
+def plan_cells(
+    config: BenchmarkConfig, out: Path, threads: int | None = None, *, resolve_controls: bool = True
+) -> list[Cell]:
+    """Every (entry, seed) cell with its validated settings; fails naming the entry and field.
+
+    A control cell carries the realised class weights of its entry's cell of the same seed (read from
+    that cell's record, so they are part of its key); until that cell has finished, or with
+    ``resolve_controls=False``, it is planned with key ``pending``."""
+    planned: dict[tuple[str, int], Cell] = {}
+    # controls last: they read the finished cells of their entries
+    for entry in sorted(config.losses, key=lambda e: e.control_for is not None):
+        if entry.control_for is not None:
+            _check_control_target(config, entry)
         for seed in config.seeds:
             if config.kind == "train":
                 train_config = _entry_train_config(config, entry, seed, threads or config.threads)
                 settings = train_config.model_dump(mode="json")
             else:
                 settings = {**_synthetic_settings(config, entry), "seed": seed}
-            key = _key(config.kind, settings)
+            waits_for = None
+            if entry.control_for is not None:
+                target = planned[(entry.control_for, seed)]
+                weights = _control_weights(entry, target) if resolve_controls else None
+                settings["loss"]["params"] = {"weights": weights}
+                waits_for = entry.control_for if weights is None else None
+            key = PENDING if waits_for else _key(config.kind, settings)
             directory = out / "cells" / entry.label / f"seed{seed}-{key}"
             if config.kind == "train":
                 settings["out"] = str(directory)
-            cells.append(Cell(entry.label, seed, key, directory, config.kind, settings))
-    return cells
+            planned[(entry.label, seed)] = Cell(
+                entry.label, seed, key, directory, config.kind, settings, waits_for
+            )
+    return [planned[(entry.label, seed)] for entry in config.losses for seed in config.seeds]
+
+
+def _check_control_target(config: BenchmarkConfig, entry: LossEntry) -> None:
+    """Before any work: the controlled entry's loss must report realised class weights."""
+    from matcard.losses import build
+
+    target = next(e for e in config.losses if e.label == entry.control_for)
+    try:
+        loss = build(target.loss, [10, 10], **target.params)
+    except ConfigError:
+        return  # the target's own cells report the bad parameter, naming the target
+    if not callable(getattr(loss, "realised_class_weights", None)):
+        raise ConfigError(
+            f"losses[{entry.label}].control_for: the loss of {target.label!r} ({target.loss}) reports no "
+            "realised class weights, so there is nothing to match"
+        )
+
+
+def _control_weights(entry: LossEntry, target: Cell) -> list[float] | None:
+    """The realised class weights of the finished ``target`` cell; None while it has not finished."""
+    record = read_cell(target)
+    if record is None:
+        return None
+    weights = (record.get("loss") or {}).get("realised_class_weights")
+    n_classes = len(record.get("class_names") or [])
+    valid = (
+        isinstance(weights, list)
+        and len(weights) == n_classes
+        and all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights)
+    )
+    if not valid:
+        raise ConfigError(
+            f"losses[{entry.label}].control_for: {target.label} seed {target.seed} recorded no usable "
+            f"realised class weights ({weights!r}) in {target.directory / CELL_FILE}"
+        )
+    return [float(w) for w in weights]

@@ -26,14 +26,45 @@ def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if std is None else f"{value:.{digits}f} ± {std:.{digits}f}"
 
 
-def _fmt_paired(row: dict[str, Any], metric: str, baseline: str) -> str:
-    if row["loss"] == baseline:
+COLLAPSE_MARK = "†"
+PAIRED_TITLES = {
+    "macro_f1": "macro-F1",
+    "minority_recall": "minority recall",
+    "pr_auc_minority": "minority PR-AUC",
+}
+
+
+def _fmt_paired(row: dict[str, Any], metric: str, baseline: str, against: str = "baseline") -> str:
+    if against == "baseline" and row["loss"] == baseline:
         return "(baseline)"
-    value = row.get(f"{metric}_vs_baseline")
-    low, high = row[f"{metric}_vs_baseline_ci"]
-    if value is None or not math.isfinite(low):
+    value = row.get(f"{metric}_vs_{against}")
+    low, high = row.get(f"{metric}_vs_{against}_ci") or (math.nan, math.nan)
+    if against == "control" and not row.get("control"):
+        return ""
+    if value is None or low is None or not math.isfinite(low):
         return "n/a"
     return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _has_controls(result: BenchmarkResult) -> bool:
+    return any(row.get("control") for row in result.summary)
+
+
+def display_label(row: dict[str, Any]) -> str:
+    """The entry's label, marked when a seed collapsed to a constant predictor (plots)."""
+    return f"{row['loss']} {COLLAPSE_MARK}" if row.get("collapsed") else row["loss"]
+
+
+def collapse_footnote(result: BenchmarkResult) -> str | None:
+    """The table's footnote on collapsed entries, or None when none collapsed."""
+    marked = [row for row in result.summary if row.get("collapsed")]
+    if not marked:
+        return None
+    counts = ", ".join(f"`{row['loss']}` {row['collapsed']} of {row['n_seeds']}" for row in marked)
+    return (
+        f"{COLLAPSE_MARK} collapsed to a constant predictor (>= 99 % of the validation items in one class "
+        f"at the selected checkpoint, or for 5 epochs in a row) in some seeds: {counts}"
+    )
 
 
 def study_description(result: BenchmarkResult) -> list[str]:
@@ -100,17 +131,13 @@ def _table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]], di
     minority = ", ".join(result.minority_classes)
     if len(result.minority_classes) > 3:
         minority = f"{len(result.minority_classes)} classes"
-    header = [
-        "loss",
-        "macro-F1",
-        "balanced acc.",
-        f"minority recall ({minority})",
-        "PR-AUC (macro)",
-        "ECE",
-        f"Δ macro-F1 vs {config.baseline} [CI]",
-        f"Δ minority recall vs {config.baseline} [CI]",
-        "s / cell",
-    ]
+    titles = {**METRIC_TITLES, "minority_recall": f"minority recall ({minority})"}
+    against = ["baseline", "control"] if _has_controls(result) else ["baseline"]
+    header = ["loss", *(titles[metric] for metric in TABLE_METRICS)]
+    for name in against:
+        reference = config.baseline if name == "baseline" else "control"
+        header += [f"Δ {PAIRED_TITLES[metric]} vs {reference} [CI]" for metric in PAIRED_METRICS]
+    header.append("s / cell")
     best = {}
     for metric in TABLE_METRICS:
         values = [row[metric] for row in result.summary if row[metric] is not None]
@@ -120,7 +147,10 @@ def _table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]], di
     for row in result.summary:
         cells = [row["loss"]]
         cells.extend(_fmt(row[metric], row[f"{metric}_std"]) for metric in TABLE_METRICS)
-        cells.extend(_fmt_paired(row, metric, config.baseline) for metric in PAIRED_METRICS)
+        if row.get("collapsed"):  # on macro-F1, the column a constant predictor makes look plausible
+            cells[1] = f"{cells[1]} {COLLAPSE_MARK}"
+        for name in against:
+            cells.extend(_fmt_paired(row, metric, config.baseline, name) for metric in PAIRED_METRICS)
         cells.append(_fmt(row["seconds"], digits=0))
         rows.append(cells)
     return header, rows, best
@@ -140,6 +170,9 @@ def markdown_table(result: BenchmarkResult) -> str:
             if _is_best(row, metric, best):
                 cells[column] = f"**{cells[column]}**"
         lines.append("| " + " | ".join(cells) + " |")
+    footnote = collapse_footnote(result)
+    if footnote:
+        lines += ["", footnote]
     return "\n".join(lines) + "\n"
 
 
@@ -179,10 +212,11 @@ def write_outputs(result: BenchmarkResult, cells: Sequence[Cell], suffix: str = 
     files = {key: out / f"{Path(name).stem}{suffix}{Path(name).suffix}" for key, name in names.items()}
     summary = pd.DataFrame(result.summary)
     for metric in PAIRED_METRICS:
-        column = f"{metric}_vs_baseline_ci"
-        summary[f"{metric}_vs_baseline_low"] = [ci[0] for ci in summary[column]]
-        summary[f"{metric}_vs_baseline_high"] = [ci[1] for ci in summary[column]]
-        summary = summary.drop(columns=column)
+        for against in ("baseline", "control"):
+            column = f"{metric}_vs_{against}_ci"
+            summary[f"{metric}_vs_{against}_low"] = [ci[0] for ci in summary[column]]
+            summary[f"{metric}_vs_{against}_high"] = [ci[1] for ci in summary[column]]
+            summary = summary.drop(columns=column)
     atomic_write_text(files["summary"], summary.to_csv(index=False))
     atomic_write_text(files["per_seed"], pd.DataFrame(result.per_seed).to_csv(index=False))
     atomic_write_json(
@@ -237,7 +271,7 @@ def _save(figure: Any, path: Path) -> None:
 def plot_metrics(result: BenchmarkResult, path: Path) -> None:
     """One panel per table metric: a bar per loss, error bars = std over seeds."""
     plt = _pyplot()
-    labels = [row["loss"] for row in result.summary]
+    labels = [display_label(row) for row in result.summary]
     positions = np.arange(len(labels))
     figure, axes = plt.subplots(
         1, len(TABLE_METRICS), figsize=(3.2 * len(TABLE_METRICS), 0.32 * len(labels) + 1.6)
@@ -245,7 +279,9 @@ def plot_metrics(result: BenchmarkResult, path: Path) -> None:
     for axis, metric in zip(np.atleast_1d(axes), TABLE_METRICS, strict=True):
         means = np.array([np.nan if r[metric] is None else r[metric] for r in result.summary])
         stds = np.array([r[f"{metric}_std"] or 0.0 for r in result.summary])
-        colours = ["tab:orange" if label == result.config.baseline else "tab:blue" for label in labels]
+        colours = [
+            "tab:orange" if r["loss"] == result.config.baseline else "tab:blue" for r in result.summary
+        ]
         colours = [
             "tab:green" if r["name"] in ("magnitude", "spread") and r["loss"] != result.config.baseline else c
             for r, c in zip(result.summary, colours, strict=True)
@@ -265,7 +301,7 @@ def plot_metrics(result: BenchmarkResult, path: Path) -> None:
 def plot_recall_heatmap(result: BenchmarkResult, path: Path) -> None:
     """Per-class test recall (mean over seeds): losses x classes."""
     plt = _pyplot()
-    labels = [row["loss"] for row in result.summary]
+    labels = [display_label(row) for row in result.summary]
     matrix = np.array(
         [
             [
@@ -299,9 +335,11 @@ def plot_paired(result: BenchmarkResult, path: Path) -> None:
     rows = [row for row in result.summary if row["loss"] != result.config.baseline]
     if not rows:
         return
-    labels = [row["loss"] for row in rows]
+    labels = [display_label(row) for row in rows]
     positions = np.arange(len(rows))
-    figure, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(10, 0.32 * len(rows) + 1.6), sharey=True)
+    figure, axes = plt.subplots(
+        1, len(PAIRED_METRICS), figsize=(4.5 * len(PAIRED_METRICS), 0.32 * len(rows) + 1.6), sharey=True
+    )
     for axis, metric in zip(np.atleast_1d(axes), PAIRED_METRICS, strict=True):
         values = np.array(
             [np.nan if r[f"{metric}_vs_baseline"] is None else r[f"{metric}_vs_baseline"] for r in rows]
@@ -334,5 +372,7 @@ def summary_for_json(result: BenchmarkResult) -> list[dict[str, Any]]:
         keys += [metric, f"{metric}_std"]
     for metric in PAIRED_METRICS:
         keys += [f"{metric}_vs_baseline", f"{metric}_vs_baseline_ci"]
-    keys += ["n_seeds", "seconds"]
+    for metric in PAIRED_METRICS:
+        keys += [f"{metric}_vs_control", f"{metric}_vs_control_ci"]
+    keys += ["control", "control_for", "collapsed", "n_seeds", "seconds"]
     return _json_safe([{key: row.get(key) for key in keys} for row in result.summary])

@@ -13,12 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from matcard.errors import ConfigError, UsageError
 
 CELL_FILE = "cell.json"
-TABLE_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "minority_recall", "pr_auc_macro", "ece")
-PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "minority_recall")
+TABLE_METRICS: tuple[str, ...] = (
+    "macro_f1", "balanced_accuracy", "minority_recall", "pr_auc_minority", "pr_auc_macro", "ece",
+)  # fmt: skip
+# paired against the baseline and, for an entry with a count-matched control, against the control
+PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "minority_recall", "pr_auc_minority")
 METRIC_TITLES = {
     "macro_f1": "macro-F1",
     "balanced_accuracy": "balanced accuracy",
     "minority_recall": "minority recall",
+    "pr_auc_minority": "minority PR-AUC",
     "pr_auc_macro": "PR-AUC (macro)",
     "ece": "ECE",
 }
@@ -31,6 +35,7 @@ FORBIDDEN_OVERRIDES = ("data", "trainer.seed", "out", "loss")
 _PER_CELL_SYNTHETIC_FIELDS = ("seeds", "losses", "protocols")
 # settings that do not change what a cell computes (left out of its key)
 _UNKEYED = ("out", "trainer.threads", "trainer.num_workers", "trainer.accelerator", "trainer.devices")
+CONTROL_LOSS = "weighted_ce"  # what a count-matched control entry trains
 STANDARD = "standard"  # in a study's loss list: every entry of STANDARD_ENTRIES
 # The comparison every study runs (configs/benchmarks/ list it explicitly, with per-study settings):
 # the baselines of methods brief §3-5 and the cardinality losses in their three modes.
@@ -46,7 +51,14 @@ STANDARD_ENTRIES: list[dict[str, Any]] = [
     {"label": "equalization", "loss": "equalization", "note": "Tan 2020"},
     {"label": "inverse_view", "loss": "inverse_view", "note": "EMA class losses"},
     {"label": "ot_reweight", "loss": "ot_reweight", "note": "POT Sinkhorn, balanced meta set"},
-    {"label": "magnitude", "loss": "magnitude", "note": "replace (the reference), t = 1"},
+    # the reference forms say their mode: a plain ``magnitude`` / ``spread`` entry means the loss's
+    # current default, and these rows must keep the meaning of the results published with them
+    {
+        "label": "magnitude_reference",
+        "loss": "magnitude",
+        "params": {"mode": "replace"},
+        "note": "the reference form (replace), t = 1; collapses on real tasks",
+    },
     {
         "label": "magnitude_multiply",
         "loss": "magnitude",
@@ -65,7 +77,12 @@ STANDARD_ENTRIES: list[dict[str, Any]] = [
         "params": {"mode": "add", "lam": 0.1},
         "note": "CE + 0.1 (magnitude - 1)",
     },
-    {"label": "spread", "loss": "spread", "note": "replace, t = 1"},
+    {
+        "label": "spread_reference",
+        "loss": "spread",
+        "params": {"mode": "replace"},
+        "note": "the reference form (replace), t = 1",
+    },
 ]
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -86,6 +103,29 @@ class LossEntry(_Section):
         "sampler.name, ...); synthetic studies: optimizer, lr, epochs, variant",
     )
     note: str = Field("", description="one line on what this entry is (kept in summary.csv / results.json)")
+    control_for: str | None = Field(
+        None,
+        description="count-matched control: train weighted_ce with fixed class weights equal to the "
+        "realised class weights of this entry's cell of the same seed",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _control_trains_weighted_ce(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("control_for") is not None:
+            data = {"loss": CONTROL_LOSS, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _control_is_plain(self) -> LossEntry:
+        if self.control_for is not None:
+            if self.loss != CONTROL_LOSS:
+                raise ValueError(f"losses[{self.label}].loss: a control entry trains {CONTROL_LOSS}")
+            if self.params:
+                raise ValueError(
+                    f"losses[{self.label}].params: a control's class weights come from its entry's cells"
+                )
+        return self
 
     @field_validator("label")
     @classmethod
@@ -158,7 +198,25 @@ class BenchmarkConfig(_Section):
             raise ValueError(f"losses: labels must be unique, repeated: {repeated}")
         if self.baseline not in labels:
             raise ValueError(f"baseline: {self.baseline!r} is not the label of a loss entry {labels}")
+        self._check_controls(labels)
         return self
+
+    def _check_controls(self, labels: list[str]) -> None:
+        controls = {entry.label: entry.control_for for entry in self.losses if entry.control_for}
+        for label, target in controls.items():
+            where = f"losses[{label}].control_for"
+            if self.kind != "train":
+                raise ValueError(f"{where}: count-matched controls need a train study (realised weights)")
+            if target not in labels:
+                raise ValueError(f"{where}: {target!r} is not the label of a loss entry {labels}")
+            if target in controls or target == label:
+                raise ValueError(f"{where}: {target!r} is itself a control; a control needs a trained loss")
+            if label == self.baseline:
+                raise ValueError(f"baseline: {label!r} is a control entry")
+
+    def control_of(self, label: str) -> str | None:
+        """The label of the control entry of ``label`` (the first, if several), or None."""
+        return next((e.label for e in self.losses if e.control_for == label), None)
 
 
 def parse_seed_option(text: str, first: int = 0) -> list[int]:
@@ -185,6 +243,8 @@ def select_losses(config: BenchmarkConfig, labels: Sequence[str]) -> BenchmarkCo
     if unknown:
         raise UsageError(f"--losses: the study {config.name!r} has no entry {unknown}; its labels: {known}")
     keep = set(labels) | {config.baseline}  # the baseline is always run
+    # a control needs the cells of its entry
+    keep |= {e.control_for for e in config.losses if e.label in keep and e.control_for}
     return config.model_copy(update={"losses": [e for e in config.losses if e.label in keep]})
 
 
