@@ -45,7 +45,10 @@ def _main(
 
 def fail(error: MatcardError) -> typer.Exit:
     """Report a MatcardError on stderr and return the Exit carrying its exit code."""
-    console.print(f"[bold red]error:[/] {error}")
+    from rich.markup import escape
+
+    # escaped: messages name entries as losses[label], which Rich would read as markup and drop
+    console.print(f"[bold red]error:[/] {escape(str(error))}")
     return typer.Exit(code=error.exit_code)
 
 

@@ -147,3 +147,16 @@ def _cell_predictions(cell: Cell) -> tuple[np.ndarray, np.ndarray]:
     frame = pd.read_parquet(cell.directory / "predictions.parquet")
     y, proba, _ = prediction_arrays(frame[frame["split"] == "test"])
     return y, proba
+
+
+def collapsed_from_predictions(cell: Cell) -> bool:
+    """The collapse verdict of a cell whose record predates it: from its stored validation
+    predictions (the selected checkpoint's), or its test predictions where none were kept."""
+    import pandas as pd
+
+    from matcard import collapse
+
+    frame = pd.read_parquet(cell.directory / "predictions.parquet")
+    split = "val" if (frame["split"] == "val").any() else "test"
+    y, proba, class_names = prediction_arrays(frame[frame["split"] == split])
+    return collapse.assess(proba.argmax(axis=1), y, class_names).collapsed

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from matcard._version import __version__
-from matcard.benchmark.cells import _cell_predictions
+from matcard.benchmark.cells import _cell_predictions, collapsed_from_predictions
 from matcard.benchmark.planning import Cell
 from matcard.benchmark.schema import (
     PAIRED_METRICS,
@@ -41,6 +41,10 @@ def summarise(
     minority = choose_minority(config, class_names, counts)
     minority_index = np.array([class_names.index(name) for name in minority])
     predictions: Predictions = {(c.label, c.seed): _cell_predictions(c) for c in cells}
+    cell_of = {(c.label, c.seed): c for c in cells}
+    for key, record in records.items():
+        if record.get("collapsed") is None and key in cell_of:  # a cell.json older than the verdict
+            record["collapsed"] = collapsed_from_predictions(cell_of[key])
     per_seed = [
         _seed_row(config, entry, seed, records, class_names, minority, predictions[(entry.label, seed)])
         for entry in config.losses
@@ -98,7 +102,7 @@ def _seed_row(
         epochs_run=record["epochs_run"],
         n_test=record["n_test"],
         seconds=record["seconds"],
-        collapsed=bool(record.get("collapsed", False)),  # records of older versions have no verdict
+        collapsed=bool(record.get("collapsed")),
         realised_class_weights=(record.get("loss") or {}).get("realised_class_weights"),
     )
     row.update({f"recall_{name}": test["per_class"][name]["recall"] for name in class_names})

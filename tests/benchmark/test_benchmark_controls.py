@@ -120,7 +120,7 @@ def test_cli_exits_2_naming_the_control_entry(tmp_path):
     path.write_text(yaml.safe_dump(tree))
     result = CliRunner().invoke(app, ["benchmark", "--config", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "losses[orphan_control].control_for" in result.output
+    assert "losses[orphan_control].control_for: 'missing'" in " ".join(result.output.split())
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,17 @@ def test_collapsed_rows_are_counted_and_marked(trained):
     per_seed = json.loads((out / "results.json").read_text())["per_seed"]
     assert all("pr_auc_minority" in row and "collapsed" in row for row in per_seed)
     assert "Δ minority PR-AUC vs ce [CI]" in table
+
+
+def test_a_cell_recorded_before_the_guard_gets_its_verdict_from_its_predictions(trained):
+    result, out = trained
+    cells = benchmark.plan_cells(result.config, out)
+    records = {(c.label, c.seed): benchmark.read_cell(c) for c in cells}
+    for record in records.values():  # as cell.json was written before the collapse guard
+        record.pop("collapsed")
+        record.pop("collapse")
+    rows = {row["loss"]: row for row in benchmark.summarise(result.config, cells, records, out).summary}
+    assert rows["magnitude_reference"]["collapsed"] == 1
 
 
 def test_a_trained_control_is_compared_with_its_entry(trained, monkeypatch, session_data_dir, file_mirror):
