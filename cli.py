@@ -663,6 +663,11 @@ def train_command(
     )
     run_dir = escape(result.run_dir)
     console.print(f"run directory: [bold]{run_dir}[/]  (model: {escape(result.run_dir / 'model')})")
+    if result.metrics.get("collapsed"):
+        from matcard.collapse import CollapseReport, warning_text
+
+        verdict = CollapseReport(**result.metrics["collapse"])
+        console.print(f"[bold yellow]warning:[/] {escape(warning_text(verdict, meta.get('loss', '?')))}")
 
 
 @app.command("evaluate")
@@ -890,6 +895,7 @@ def benchmark_command(
                     progress.console.print(
                         f"  {cell.label} seed {cell.seed}: test macro-F1 {test_f1:.3f}, epoch "
                         f"{record['selected_epoch']} of {record['epochs_run']}, {record['seconds']:.0f} s"
+                        + (" [yellow](collapsed: constant predictor)[/]" if record.get("collapsed") else "")
                     )
 
             result = benchmark.run_benchmark(

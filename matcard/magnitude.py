@@ -19,6 +19,19 @@ cardinality losses in :mod:`matcard.losses.cardinality`. Numerics, always in flo
 
 Torch inputs return torch tensors (differentiable, in the input's dtype); NumPy/array-like
 inputs return Python floats / NumPy arrays.
+
+Detached weightings for per-sample loss weights (:func:`stable_weighting`, :func:`spread_contributions`):
+a raw solve of Z w = 1 is unreliable when points nearly coincide (confident correct predictions
+sit almost on the zero anchor; measured anchor weights of 7 to 1,057 where they must be <= 1), so
+
+- points closer than ``merge_tol / t`` are merged (leader clustering), the weighting of the
+  cluster means is solved once (Cholesky, float64) and each cluster's weight is shared equally
+  among its members; for points at distance d with t d small the exact weights of the pair are
+  already nearly equal halves of one point's, so merging changes weights by O(merge_tol);
+- collinear point sets (every binary task: its error vectors lie on a line) use the exact 1-D
+  closed form: for sorted points with gaps g_1..g_{n-1},
+  w_i = (tanh(t g_{i-1} / 2) + tanh(t g_i / 2)) / 2 with the outer gaps infinite, and
+  magnitude = 1 + sum_i tanh(t g_i / 2).
 """
 
 from __future__ import annotations
@@ -41,18 +54,26 @@ _COINCIDENT_REL_TOL = 1e-14
 
 __all__ = [
     "invariant_of_points",
+    "line_weighting",
     "magnitude",
     "magnitude_dimension",
     "magnitude_from_similarity",
     "magnitude_function",
+    "merge_clusters",
     "pairwise_distances",
     "scale_for_fraction",
     "similarity_matrix",
     "solve_weighting",
     "spread",
+    "spread_contributions",
     "spread_from_similarity",
+    "stable_weighting",
     "weighting",
 ]
+# Default merge tolerance of stable_weighting, relative to the length scale 1/t.
+MERGE_TOL = 1e-3
+# Second singular value below this fraction of the first: the points lie on a line.
+_COLLINEAR_REL_TOL = 1e-9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,3 +401,101 @@ def _scale_for_fraction_distances(
             else:
                 low = middle
         return math.exp(high)
+
+
+# ---------------------------------------------------------------------------------------------
+# detached, well-conditioned weightings (per-sample loss weights)
+# ---------------------------------------------------------------------------------------------
+
+
+def line_weighting(coordinates: torch.Tensor, t: float) -> torch.Tensor:
+    """Exact weighting of points on a line (1-D coordinates, any order); float64, no solve.
+
+    Coincident points get unequal shares here (a zero gap contributes tanh(0) = 0 to one side);
+    :func:`stable_weighting` merges them first.
+    """
+    x = coordinates.detach().to(torch.float64).reshape(-1)
+    order = torch.argsort(x)
+    half_gaps = torch.tanh(0.5 * float(t) * torch.diff(x[order]))
+    one = x.new_ones(1)
+    sorted_weights = 0.5 * (torch.cat([one, half_gaps]) + torch.cat([half_gaps, one]))
+    weights = torch.empty_like(x)
+    weights[order] = sorted_weights
+    return weights
+
+
+def merge_clusters(points: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Cluster label per row (leader clustering): a row joins the first earlier leader within tolerance."""
+    return _labels_from_distances(_distances_in_place(points.detach().to(torch.float64)), tolerance)
+
+
+def _labels_from_distances(distances: torch.Tensor, tolerance: float) -> torch.Tensor:
+    close = (distances <= tolerance).cpu().numpy()
+    n = close.shape[0]
+    labels = np.arange(n, dtype=np.int64)
+    crowded = np.flatnonzero(close.sum(axis=1) > 1)
+    if crowded.size:  # only rows with a close neighbour need the sequential pass
+        labels[:] = -1
+        next_label = 0
+        for row in range(n):
+            if labels[row] >= 0:
+                continue
+            members = close[row] & (labels < 0)
+            labels[members] = next_label
+            next_label += 1
+    return torch.from_numpy(labels).to(distances.device)
+
+
+def _line_coordinates(points: torch.Tensor) -> torch.Tensor | None:
+    """1-D coordinates of the rows when they are collinear (distances preserved), else None."""
+    if points.shape[1] == 1:
+        return points[:, 0]
+    if points.shape[0] <= 2:  # one or two points always lie on a line
+        return torch.linalg.vector_norm(points - points[0], dim=1)
+    centred = points - points.mean(dim=0, keepdim=True)
+    _, singular, right = torch.linalg.svd(centred, full_matrices=False)
+    if float(singular[0]) == 0.0 or float(singular[1]) <= _COLLINEAR_REL_TOL * float(singular[0]):
+        return centred @ right[0]
+    return None
+
+
+def _stable_weighting_tensor(points: torch.Tensor, t: float, merge_tol: float) -> torch.Tensor:
+    with torch.no_grad():
+        points = points.detach().to(torch.float64)
+        distances = _distances_in_place(points)
+        labels = _labels_from_distances(distances, merge_tol / t)
+        n_clusters = int(labels.max()) + 1
+        if n_clusters == points.shape[0] and _line_coordinates(points) is None:
+            return solve_weighting(distances.mul_(-t).exp_())  # nothing merged: one solve
+        sizes = torch.bincount(labels, minlength=n_clusters).to(torch.float64)
+        centres = torch.zeros(n_clusters, points.shape[1], dtype=torch.float64, device=points.device)
+        centres.index_add_(0, labels, points).div_(sizes[:, None])
+        coordinates = _line_coordinates(centres)
+        if coordinates is not None:
+            cluster_weights = line_weighting(coordinates, t)
+        else:
+            similarity = _distances_in_place(centres).mul_(-t).exp_()
+            cluster_weights = solve_weighting(similarity)
+        return (cluster_weights / sizes)[labels]
+
+
+def stable_weighting(X: Any, t: float = 1.0, merge_tol: float = MERGE_TOL) -> Any:
+    """Detached weighting of Euclidean points, robust to (near-)coincident rows; sums to the magnitude.
+
+    Rows closer than ``merge_tol / t`` share their cluster's weight equally; collinear sets use
+    the exact 1-D closed form, others one Cholesky solve on the cluster means (module docstring).
+    """
+    _check_scale(t)
+    if not merge_tol >= 0:
+        raise UsageError(f"merge_tol must be >= 0, got {merge_tol!r}")
+    points, is_torch, dtype = _as_points(X.detach() if isinstance(X, torch.Tensor) else X)
+    return _finish(_stable_weighting_tensor(points, float(t), float(merge_tol)), is_torch, dtype)
+
+
+def spread_contributions(X: Any, t: float = 1.0) -> Any:
+    """Each point's share of the spread, 1 / sum_j Z_ij (detached; sums to the spread)."""
+    _check_scale(t)
+    points, is_torch, dtype = _as_points(X.detach() if isinstance(X, torch.Tensor) else X)
+    with torch.no_grad():
+        contributions = _distances_in_place(points).mul_(-float(t)).exp_().sum(dim=1).reciprocal_()
+    return _finish(contributions, is_torch, dtype)

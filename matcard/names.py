@@ -18,10 +18,13 @@ LOSS_NAMES: tuple[str, ...] = (
     "ldam",
     "logit_adjusted",
     "magnitude",
+    "magnitude_class_geometry",
+    "magnitude_reference",
     "mse",
     "ot_reweight",
     "seesaw",
     "spread",
+    "spread_reference",
     "weighted_ce",
 )
 # accepted spellings of registered losses (as matcard.losses.build resolves them)

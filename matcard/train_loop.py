@@ -28,6 +28,7 @@ HISTORY_COLUMNS = (
     "val_accuracy",
     "val_balanced_accuracy",
     "val_macro_f1",
+    "val_top_class_fraction",
     "lr",
     "epoch_seconds",
 )
@@ -100,7 +101,7 @@ def _lightning_module_class() -> type[L.LightningModule]:
             self._val_loss_sum = torch.zeros((), dtype=torch.float64)
             self._val_count = 0
 
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
+        def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             value, logits = self._loss(batch)
             target = batch.y.view(-1)
             predicted = logits.argmax(dim=1)
@@ -109,6 +110,7 @@ def _lightning_module_class() -> type[L.LightningModule]:
             self.val_accuracy.update(predicted, target)
             self._val_loss_sum += value.detach().double().cpu() * batch.num_graphs
             self._val_count += batch.num_graphs
+            return predicted  # read by the collapse monitor
 
         def on_validation_epoch_end(self) -> None:
             # torchmetrics already reduced these over ranks; sync_dist averages identical values
@@ -219,6 +221,7 @@ def _callback_classes() -> tuple[type, type]:
                 "val_accuracy": float(metrics.get("val_accuracy", math.nan)),
                 "val_balanced_accuracy": float(metrics.get("val_balanced_accuracy", math.nan)),
                 "val_macro_f1": float(metrics.get(MONITOR, math.nan)),
+                "val_top_class_fraction": float(metrics.get("val_top_class_fraction", math.nan)),
                 "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan,
                 "epoch_seconds": round(time.perf_counter() - self._epoch_started, 3),
             }

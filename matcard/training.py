@@ -22,6 +22,7 @@ the run directory and run.json in ``matcard.run_state``.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -182,8 +183,11 @@ def preflight(config: TrainConfig) -> None:
     except Exception as error:
         raise ConfigError(f"featurizer.params: {error}") from error
     build_model(config.model.name, 4, 2, **_model_params(config))
+    # per-class lists (weighted_ce weights, focal alpha) fix the class count; the data checks it later
+    lists = [v for k, v in config.loss.params.items() if k in ("weights", "alpha") and isinstance(v, list)]
+    n_classes = len(lists[0]) if lists and len(lists[0]) >= 2 else 2
     try:
-        losses.build(config.loss.name, [10, 10], **config.loss.params)
+        losses.build(config.loss.name, [10] * n_classes, **config.loss.params)
     except ConfigError as error:
         raise ConfigError(f"loss: {error}") from error
 
@@ -382,7 +386,7 @@ def _fit_and_finish(
     from lightning.pytorch.callbacks import EarlyStopping
     from torch_geometric.loader import DataLoader
 
-    from matcard import losses
+    from matcard import collapse, losses
     from matcard.models import build_model
 
     trainer_cfg = config.trainer
@@ -405,6 +409,7 @@ def _fit_and_finish(
     history_cls, progress_cls = _callback_classes()
     history = history_cls(run_dir / "history.csv", enabled=is_zero)
     callbacks: list[Any] = [history, progress_cls(progress), best_checkpoint, last_checkpoint]
+    callbacks.append(collapse.monitor_callback())
     if trainer_cfg.patience is not None:
         callbacks.append(
             EarlyStopping(monitor=MONITOR, mode="max", patience=trainer_cfg.patience, check_finite=False)
@@ -415,6 +420,30 @@ def _fit_and_finish(
         return TrainResult(run_dir, None, config=config, is_global_zero=False)
     return _finish(config, run_dir, data, best_checkpoint.best_model_path, module, history.rows,
                    resuming, started)  # fmt: skip
+
+
+def _record_collapse_and_loss(
+    config: TrainConfig,
+    data: PreparedData,
+    metrics: dict[str, Any],
+    val_probabilities: np.ndarray,
+    history_rows: list[dict[str, Any]],
+    loss: Any,
+) -> None:
+    """The collapse verdict (warned about) and what the loss did, including the class weights it
+    realised (a count-matched control is built from them)."""
+    from matcard import collapse
+
+    verdict = collapse.assess(
+        val_probabilities.argmax(axis=1),
+        data.subset("val")[1],
+        data.class_names,
+        [row.get(collapse.HISTORY_COLUMN, math.nan) for row in history_rows],
+    )
+    metrics.update(collapsed=verdict.collapsed, collapse=verdict.to_dict())
+    metrics["loss"] = collapse.loss_record(config.loss.name, config.loss.params, loss)
+    if verdict.collapsed:
+        console.print(f"[yellow]warning: {escape(collapse.warning_text(verdict, config.loss.name))}[/]")
 
 
 def _best_model(
@@ -508,6 +537,7 @@ def _finish(
         "task": getattr(data.task, "name", config.data.task),
         "seed": trainer_cfg.seed,
     }
+    _record_collapse_and_loss(config, data, metrics, probabilities["val"], history_rows, module.loss)
     atomic_write_json(run_dir / "metrics.json", metrics)
     plot_confusion_matrix(
         metrics["test"], run_dir / "confusion_matrix.png", title=f"Test confusion matrix ({run_dir.name})"

@@ -125,39 +125,47 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(handle)]
 
 
-@pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_exactly(env, tmp_path):
-    """SIGKILL during an epoch, then --resume: the same history, best epoch and test metrics as an
-    uninterrupted run with the same seed, losing at most the epoch that was running."""
-    epochs = 6
-    command = [MATCARD, "train", "--epochs", str(epochs), "--set", "trainer.patience=null", *FAST]
-    whole = subprocess.run([*command, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    run_dir = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--out", str(run_dir)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+def _kill_when_recorded(command: list[str], run_dir: Path, rows: int) -> None:
+    """Start ``command`` and SIGKILL it as soon as history.csv holds ``rows`` epochs (the next one is
+    under way), so the kill lands mid-epoch."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:  # kill as soon as epoch 2 is recorded: epoch 3 is under way
-            if (run_dir / "history.csv").is_file() and len(_epochs(run_dir)) >= 3:
+        while time.monotonic() < deadline:
+            if (run_dir / "history.csv").is_file() and len(_epochs(run_dir)) >= rows:
                 break
             assert process.poll() is None, "training ended before it could be killed"
             time.sleep(0.02)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait(timeout=60)
-    killed_rows = len(_epochs(run_dir))
-    assert 3 <= killed_rows < epochs
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_exactly(env, tmp_path):
+    """SIGKILL during an epoch, twice (the second time while resuming), then --resume: the same history,
+    best epoch and test metrics as an uninterrupted run with the same seed, losing at most the epoch
+    that was running each time."""
     from matcard.checkpoints import load_checkpoint
 
-    checkpointed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"]
-    assert checkpointed >= killed_rows - 2  # every epoch is checkpointed: at most one epoch is lost
+    epochs = 7
+    command = [MATCARD, "train", "--epochs", str(epochs), "--set", "trainer.patience=null", *FAST]
+    whole = subprocess.run([*command, "--out", str(tmp_path / "whole")], capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
 
-    resumed = subprocess.run([MATCARD, "train", "--out", str(run_dir), "--resume", "--quiet"],
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    run_dir = tmp_path / "killed"
+    resume = [MATCARD, "train", "--out", str(run_dir), "--resume", "--quiet"]
+    for attempt, (start, rows) in enumerate([([*command, "--out", str(run_dir)], 3), (resume, 5)]):
+        _kill_when_recorded(start, run_dir, rows)
+        killed_rows = len(_epochs(run_dir))
+        assert rows <= killed_rows < epochs, f"kill {attempt}: {killed_rows} epochs recorded"
+        assert _epochs(run_dir) == list(range(killed_rows))  # no epoch twice, none skipped
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+        checkpointed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"]
+        assert checkpointed >= killed_rows - 2  # every epoch is checkpointed: at most one epoch is lost
+
+    resumed = subprocess.run(resume, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _epochs(run_dir) == list(range(epochs))  # every epoch exactly once
     assert _rows(run_dir) == _rows(tmp_path / "whole")  # losses, metrics and learning rates, bit for bit

@@ -108,3 +108,19 @@ def test_overrides_never_write_into_the_callers_base():
     assert (first.trainer.epochs, first.optim.lr) == (50, 0.5)
     assert (second.trainer.epochs, second.optim.lr) == (5, 0.01)
     assert base == {"trainer": {"epochs": 5}, "optim": {"lr": 0.01}}
+
+
+def test_loss_class_weights_from_set_and_yaml(tmp_path):
+    from matcard.training import preflight
+
+    key, value = parse_assignment("loss.params.weights=[1,8.9]")
+    config = load_config(overrides={"loss": "weighted_ce", key: value})
+    assert config.loss.params == {"weights": [1, 8.9]}
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {name: weighted_ce, params: {weights: [1, 8.9]}}\n")
+    assert load_config(path).loss == config.loss
+    preflight(config)
+    # a seven-class control passes the data-free check too (the class count is checked on the data)
+    preflight(load_config(overrides={"loss": "weighted_ce", "loss.params": {"weights": [1.0] * 7}}))
+    with pytest.raises(ConfigError, match="weights"):
+        preflight(load_config(overrides={"loss": "weighted_ce", "loss.params": {"weights": [1.0, -1.0]}}))

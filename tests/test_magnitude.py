@@ -152,3 +152,96 @@ def test_magnitude_function_dimension_and_scale_choice() -> None:
 def test_bad_input_is_a_usage_error(call, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# stable_weighting / line_weighting / spread_contributions (detached per-sample loss weights)
+# ---------------------------------------------------------------------------------------------
+
+
+def brute_force_weighting(points: np.ndarray, t: float) -> np.ndarray:
+    distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
+    return np.linalg.solve(np.exp(-t * distances), np.ones(points.shape[0]))
+
+
+@pytest.mark.parametrize("dimension", [1, 3])
+@pytest.mark.parametrize("t", [0.5, 2.0, 20.0])
+def test_stable_weighting_matches_a_direct_solve_on_well_conditioned_points(dimension: int, t: float) -> None:
+    points = np.random.default_rng(10).normal(size=(15, dimension)) * (1.0 if t < 10 else 0.2)
+    weights = mag.stable_weighting(points, t)
+    assert weights == pytest.approx(brute_force_weighting(points, t), abs=1e-9)
+    assert weights.sum() == pytest.approx(mag.magnitude(points, t), abs=1e-9)
+
+
+def test_line_closed_form_two_points_and_collinear_points_in_the_plane() -> None:
+    weights = mag.line_weighting(torch.tensor([0.0, 0.7], dtype=torch.float64), 3.0)
+    assert float(weights.sum()) == pytest.approx(two_point_value(0.7, 3.0), abs=1e-15)
+    # binary error vectors e_i = (y1 - p1) (-1, 1): distances are sqrt(2) |p1_i - p1_j|
+    rng = np.random.default_rng(11)
+    p1, y1 = rng.uniform(size=30), (rng.uniform(size=30) < 0.3).astype(float)
+    errors = np.vstack([np.stack([p1 - y1, y1 - p1], axis=1), np.zeros((1, 2))])
+    expected = brute_force_weighting(errors, 5.0)
+    assert mag.stable_weighting(errors, 5.0) == pytest.approx(expected, abs=1e-9)
+    on_line = mag.line_weighting(torch.from_numpy(math.sqrt(2.0) * np.append(y1 - p1, 0.0)), 5.0)
+    assert on_line.numpy() == pytest.approx(expected, abs=1e-9)
+
+
+def test_identical_points_share_one_unit_of_weight() -> None:
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    weights = mag.stable_weighting(points, 1.5)
+    distinct = brute_force_weighting(points[[0, 1, 4]], 1.5)
+    assert weights[1:4] == pytest.approx([distinct[1] / 3] * 3, abs=1e-12)
+    assert weights[[0, 4]] == pytest.approx(distinct[[0, 2]], abs=1e-12)
+    assert weights.sum() == pytest.approx(mag.magnitude(points, 1.5), abs=1e-9)
+
+
+def confident_batch(rng: np.random.Generator, n: int = 200, classes: int = 3) -> np.ndarray:
+    """Error vectors of a mostly-confident model: many rows within 1e-7..1e-3 of the zero anchor."""
+    target = np.eye(classes)[rng.integers(0, classes, n)]
+    logits = rng.normal(size=(n, classes)) + 25.0 * rng.uniform(size=(n, 1)) * target
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    return np.vstack([target - probabilities, np.zeros((1, classes))])  # anchor last
+
+
+@pytest.mark.parametrize("t", [1.0, 20.0, "auto"])
+def test_near_anchor_points_keep_the_anchor_weight_at_most_one(t: float | str) -> None:
+    rng = np.random.default_rng(12)
+    errors = confident_batch(rng)
+    scale = mag.scale_for_fraction(errors, 0.5) if t == "auto" else t
+    weights = mag.stable_weighting(errors, scale)
+    assert np.isfinite(weights).all()
+    assert weights[-1] <= 1.0 + 1e-9
+    # merging rows within 1e-3 / t of each other moves the magnitude only slightly (the unmerged
+    # reference is itself a jittered solve of a near-singular Z here)
+    assert weights.sum() == pytest.approx(mag.magnitude(errors, scale), rel=2e-2)
+    # weights of points in the plane may be slightly negative, but nothing blows up
+    assert np.abs(weights).max() <= 1.0 + 1e-6
+
+
+def test_clustered_weights_are_continuous_under_tiny_perturbations() -> None:
+    rng = np.random.default_rng(13)
+    errors = confident_batch(rng, n=120)
+    base = mag.stable_weighting(errors, 20.0)
+    for size in (1e-10, 1e-7):
+        moved = errors + size * rng.normal(size=errors.shape)
+        assert np.abs(mag.stable_weighting(moved, 20.0) - base).max() < 2e-2
+    # coincident pair against a pair 1e-6 apart (merged, both sides of the tolerance)
+    pair = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    split = np.vstack([pair, pair[1] + [1e-6, 0.0]])
+    joined = np.vstack([pair, pair[1]])
+    assert mag.stable_weighting(split, 20.0) == pytest.approx(mag.stable_weighting(joined, 20.0), abs=1e-3)
+    unmerged = mag.stable_weighting(split, 20.0, merge_tol=0.0)  # exact solve of four distinct points
+    assert unmerged == pytest.approx(mag.stable_weighting(joined, 20.0), abs=1e-3)
+
+
+def test_spread_contributions_sum_to_the_spread_and_reject_bad_input() -> None:
+    points = np.random.default_rng(14).normal(size=(9, 2))
+    contributions = mag.spread_contributions(points, 2.0)
+    assert contributions.sum() == pytest.approx(mag.spread(points, 2.0), abs=1e-12)
+    tensor = mag.spread_contributions(torch.tensor(points, requires_grad=True), 2.0)
+    assert isinstance(tensor, torch.Tensor) and not tensor.requires_grad
+    with pytest.raises(UsageError):
+        mag.stable_weighting(points, 0.0)
+    with pytest.raises(UsageError):
+        mag.stable_weighting(points, 1.0, merge_tol=-1.0)

@@ -160,3 +160,21 @@ def test_reference_seed_matches_published_best_over_epochs_macro_f1(tmp_path: Pa
     macro_f1 = {row["loss"]: row["macro_f1"] for row in result.summary}
     assert macro_f1["magnitude"] == pytest.approx(0.848, abs=0.03)
     assert macro_f1["ce"] == pytest.approx(0.808, abs=0.03)
+
+
+@pytest.mark.parametrize("name", ["magnitude", "spread"])
+def test_reproduction_runs_the_reference_form_of_the_cardinality_losses(monkeypatch, name: str) -> None:
+    import matcard.losses
+
+    built = []
+    original = matcard.losses.build
+
+    def recording_build(loss_name, class_counts, **params):
+        loss = original(loss_name, class_counts, **params)
+        built.append(loss)
+        return loss
+
+    monkeypatch.setattr(matcard.losses, "build", recording_build)
+    config = replace(TINY, epochs=1, losses=(name,), seeds=(3,))
+    reproduce.run_job(config, name, 3, "best_over_epochs")
+    assert [(loss.name, loss.mode, loss.t) for loss in built] == [(name, "replace", 1.0)]

@@ -7,14 +7,24 @@
 
 Registered names (defaults in each class's docstring): ce, mse, weighted_ce, focal,
 class_balanced, ldam, logit_adjusted, balanced_softmax, seesaw, equalization, inverse_view,
-ot_reweight, magnitude, spread.
+ot_reweight, magnitude, spread, magnitude_reference, spread_reference, magnitude_class_geometry.
+``magnitude`` / ``spread`` default to per-sample CE weights from the detached batch errors
+(mode "weight"); the reference loss (mode "replace", t 1) collapses to a constant predictor on
+imbalanced data and is kept for reproductions (see :mod:`matcard.losses.cardinality`).
 """
 
 from __future__ import annotations
 
-from matcard.losses import cardinality, margin, ot, reweighting  # noqa: F401  (registration)
+from matcard.losses import cardinality, geometry, margin, ot, reweighting  # noqa: F401  (registration)
 from matcard.losses.base import LOSSES, ImbalanceLoss, build, class_weights, register
-from matcard.losses.cardinality import CardinalityLoss, MagnitudeLoss, SpreadLoss
+from matcard.losses.cardinality import (
+    CardinalityLoss,
+    MagnitudeLoss,
+    MagnitudeReferenceLoss,
+    SpreadLoss,
+    SpreadReferenceLoss,
+)
+from matcard.losses.geometry import ClassGeometryLoss
 from matcard.losses.margin import (
     BalancedSoftmaxLoss,
     EqualizationLoss,
@@ -42,6 +52,7 @@ __all__ = [
     "CardinalityLoss",
     "ClassBalancedLoss",
     "ClassBalancedSampler",
+    "ClassGeometryLoss",
     "CrossEntropyLoss",
     "EqualizationLoss",
     "FocalLoss",
@@ -51,9 +62,11 @@ __all__ = [
     "LogitAdjustedLoss",
     "MSELoss",
     "MagnitudeLoss",
+    "MagnitudeReferenceLoss",
     "OTReweightLoss",
     "SeesawLoss",
     "SpreadLoss",
+    "SpreadReferenceLoss",
     "UnderSampler",
     "WeightedCrossEntropyLoss",
     "build",

@@ -6,6 +6,11 @@ Contract (docs/architecture.md):
     value = loss(logits, target, embeddings=None)                 # scalar tensor
     loss.on_epoch_start(epoch, max_epochs)                        # schedules (LDAM-DRW...)
     loss.uses_embeddings                                          # pass pooled embeddings when True
+    loss.realised_class_weights()                                 # class weights it applies, or None
+
+``realised_class_weights`` lets a study build a count-matched control (fixed class weights at
+the same ratio): fixed-weight losses return their weights, per-sample reweighting losses the
+running mean per-sample weight of each class over training batches, others None.
 
 Construction is cheap and all state lives in registered buffers, so a loss moves with
 ``.to(device)`` and is saved in a Lightning checkpoint together with its module.
@@ -22,6 +27,7 @@ import torch
 from torch import nn
 
 from matcard.errors import ConfigError, UsageError
+from matcard.names import LOSS_ALIASES as _ALIASES
 
 WeightScheme = Literal["inverse", "inverse_sqrt", "median", "class_balanced", "none"]
 
@@ -94,6 +100,32 @@ def class_weights(
     )
 
 
+def normalise_weights(weights: torch.Tensor, max_weight: float = 10.0) -> torch.Tensor:
+    """Clip at 0, rescale to mean 1, cap at ``max_weight`` and redistribute (water-filling); float64.
+
+    Degenerate input (no positive finite weight) gives ones. ``max_weight`` must be >= 1.
+    """
+    w = weights.detach().to(torch.float64).clone()
+    w = torch.where(torch.isfinite(w), w, torch.zeros_like(w)).clamp_min_(0.0)
+    n = w.numel()
+    if n == 0 or float(w.sum()) <= 0:
+        return torch.ones_like(w)
+    w.mul_(n / w.sum())
+    capped = torch.zeros(n, dtype=torch.bool, device=w.device)
+    for _ in range(n):  # each pass caps at least one more weight, or stops
+        over = (w > max_weight) & ~capped
+        if not bool(over.any()):
+            break
+        capped |= over
+        w[capped] = max_weight
+        free = ~capped
+        free_total = float(w[free].sum())
+        if free_total <= 0:
+            break
+        w[free] *= (n - max_weight * int(capped.sum())) / free_total
+    return w
+
+
 class ImbalanceLoss(nn.Module):
     """Base class: holds the training class counts and checks the call's inputs.
 
@@ -116,6 +148,40 @@ class ImbalanceLoss(nn.Module):
 
     def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
         """Hook called by the training loop at the start of every epoch (0-based). No-op by default."""
+
+    def realised_class_weights(self) -> list[float] | None:
+        """Class weights this loss applies (raw, not normalised); None when it applies none."""
+        return None
+
+    # -- running per-class mean of per-sample weights (for reweighting losses) -------------------
+    def _init_weight_tracking(self) -> None:
+        """Register the buffers behind :meth:`_tracked_class_weights` (call in ``__init__``)."""
+        self.register_buffer("weight_sum", torch.zeros(self.n_classes, dtype=torch.float64))
+        self.register_buffer("weight_count", torch.zeros(self.n_classes, dtype=torch.float64))
+
+    def _track_weights(self, weights: torch.Tensor, target: torch.Tensor) -> None:
+        """Fold a training batch's per-sample weights into the per-class running sums."""
+        if not (self.training and torch.is_grad_enabled()):
+            return  # validation batches do not count
+        with torch.no_grad():
+            sums, index = self.weight_sum, target.to(self.weight_sum.device)
+            sums.index_add_(0, index, weights.detach().to(sums))
+            self.weight_count.index_add_(0, index, torch.ones_like(index, dtype=sums.dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints written before weight tracking existed lack its buffers: start them at zero
+        for name in ("weight_sum", "weight_count"):
+            if hasattr(self, name) and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _tracked_class_weights(self) -> list[float] | None:
+        """Mean per-sample weight of each class so far (NaN for a class not yet seen); None before any."""
+        counts = self.weight_count
+        if float(counts.sum()) == 0:
+            return None
+        means = torch.where(counts > 0, self.weight_sum / counts.clamp_min(1.0), float("nan"))
+        return [float(v) for v in means.cpu()]
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None = None
@@ -165,14 +231,3 @@ def build(name: str, class_counts: Sequence[int] | np.ndarray | torch.Tensor, **
         raise ConfigError(f"loss {key!r}: {error}") from error
 
 
-_ALIASES: dict[str, str] = {
-    "cross_entropy": "ce",
-    "crossentropy": "ce",
-    "wce": "weighted_ce",
-    "cb": "class_balanced",
-    "la": "logit_adjusted",
-    "logit_adjustment": "logit_adjusted",
-    "eql": "equalization",
-    "ot": "ot_reweight",
-    "mag": "magnitude",
-}

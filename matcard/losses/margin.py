@@ -58,6 +58,9 @@ class LDAMLoss(ImbalanceLoss):
         self.register_buffer("drw_weight", class_weights(self.class_counts, "class_balanced", beta).float())
         self.register_buffer("active_weight", torch.ones(self.n_classes))
 
+    def realised_class_weights(self) -> list[float] | None:
+        return [float(v) for v in self.active_weight.cpu()]  # ones until DRW switches on
+
     def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
         # an unknown / unlimited schedule (max_epochs None or <= 0) never defers
         deferred = (

@@ -76,8 +76,12 @@ class OTReweightLoss(ImbalanceLoss):
             "meta_filled", torch.zeros(self.n_classes, self.meta_per_class, dtype=torch.bool)
         )
         self.register_buffer("meta_cursor", torch.zeros(self.n_classes, dtype=torch.long))
+        self._init_weight_tracking()
         self.last_weights: torch.Tensor | None = None  # the latest batch's weights, for inspection
         self.fixed_meta = False
+
+    def realised_class_weights(self) -> list[float] | None:
+        return self._tracked_class_weights()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # the meta buffers take their size from the data; adopt the checkpoint's size before loading
@@ -191,5 +195,6 @@ class OTReweightLoss(ImbalanceLoss):
         if self.training and not self.fixed_meta:
             self._remember(features, target)
         self.last_weights = weights.float()
+        self._track_weights(weights, target)
         per_sample = F.cross_entropy(logits, target, reduction="none")
         return (weights.to(per_sample.dtype) * per_sample).mean()

@@ -53,14 +53,33 @@ class MSELoss(ImbalanceLoss):
 @register("weighted_ce")
 class WeightedCrossEntropyLoss(ImbalanceLoss):
     """Cross-entropy with fixed class weights. ``scheme`` [inverse]: inverse (N / (C n_c)),
-    inverse_sqrt (1/sqrt(n_c), mean 1), median (median-frequency), class_balanced (``beta``)."""
+    inverse_sqrt (1/sqrt(n_c), mean 1), median (median-frequency), class_balanced (``beta``).
+    ``weights``: explicit per-class weights instead of a scheme (one positive finite value per
+    class, used as given), e.g. a count-matched control at a measured ratio ``[1.0, 8.9]``."""
 
     class_weight: torch.Tensor
 
-    def __init__(self, class_counts: Counts, scheme: WeightScheme = "inverse", beta: float = 0.9999) -> None:
+    def __init__(
+        self,
+        class_counts: Counts,
+        scheme: WeightScheme | None = None,
+        beta: float = 0.9999,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(class_counts)
-        self.scheme = scheme
-        self.register_buffer("class_weight", class_weights(self.class_counts, scheme, beta).to(torch.float32))
+        if weights is not None:
+            if scheme is not None:
+                raise ConfigError("weighted_ce: give either weights or scheme, not both")
+            explicit = explicit_class_weights(weights, self.n_classes, "weights")
+            self.scheme = "explicit"
+            self.register_buffer("class_weight", explicit)  # float64: the control reports them exactly
+        else:
+            self.scheme = scheme or "inverse"
+            weights_ = class_weights(self.class_counts, self.scheme, beta)  # type: ignore[arg-type]
+            self.register_buffer("class_weight", weights_.to(torch.float32))
+
+    def realised_class_weights(self) -> list[float] | None:
+        return [float(v) for v in self.class_weight.cpu()]
 
     def compute(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
@@ -70,6 +89,22 @@ class WeightedCrossEntropyLoss(ImbalanceLoss):
 
     def extra_repr(self) -> str:
         return f"n_classes={self.n_classes}, scheme={self.scheme!r}"
+
+
+def explicit_class_weights(values: object, n_classes: int, field: str) -> torch.Tensor:
+    """Validate user-given class weights: a list of ``n_classes`` positive finite numbers."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray | torch.Tensor):
+        raise ConfigError(f"{field} must be a list of {n_classes} positive numbers, got {values!r}")
+    message = f"{field} must be a list of {n_classes} positive numbers, got {values!r}"
+    try:
+        tensor = torch.as_tensor([float(v) for v in values], dtype=torch.float64)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as error:
+        raise ConfigError(message) from error
+    if tensor.numel() != n_classes:
+        raise ConfigError(f"{field} needs one value per class ({n_classes}), got {tensor.numel()}")
+    if not bool(torch.isfinite(tensor).all()) or bool((tensor <= 0).any()):
+        raise ConfigError(f"{field} must be positive and finite, got {tensor.tolist()}")
+    return tensor
 
 
 def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -114,6 +149,9 @@ class FocalLoss(ImbalanceLoss):
                 raise ConfigError(f"alpha needs {self.n_classes} values, got {weights.numel()}")
         self.register_buffer("alpha_weight", weights.to(torch.float32))
 
+    def realised_class_weights(self) -> list[float] | None:
+        return [float(v) for v in self.alpha_weight.cpu()]
+
     def compute(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
     ) -> torch.Tensor:
@@ -142,6 +180,9 @@ class ClassBalancedLoss(ImbalanceLoss):
         self.beta, self.base, self.gamma = float(beta), base, float(gamma)
         weights = class_weights(self.class_counts, "class_balanced", beta)
         self.register_buffer("class_weight", weights.to(torch.float32))
+
+    def realised_class_weights(self) -> list[float] | None:
+        return [float(v) for v in self.class_weight.cpu()]
 
     def compute(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
@@ -180,6 +221,10 @@ class InverseViewLoss(ImbalanceLoss):
         self.register_buffer("ema_loss", torch.zeros(self.n_classes, dtype=torch.float64))
         self.register_buffer("seen", torch.zeros(self.n_classes, dtype=torch.bool))
         self.register_buffer("class_weight", torch.ones(self.n_classes, dtype=torch.float64))
+        self._init_weight_tracking()
+
+    def realised_class_weights(self) -> list[float] | None:
+        return self._tracked_class_weights()
 
     @property
     def imbalance_coefficient(self) -> float:
@@ -216,5 +261,6 @@ class InverseViewLoss(ImbalanceLoss):
         per_sample = F.cross_entropy(logits, target, reduction="none")
         weights = self.class_weight.to(per_sample.dtype)[target]  # weights from previous batches
         if self.training and torch.is_grad_enabled():
+            self._track_weights(weights, target)
             self.update(per_sample, target)
         return (weights * per_sample).mean()

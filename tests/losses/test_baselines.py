@@ -242,3 +242,52 @@ def test_inverse_view_closed_form_update() -> None:
     state = loss.class_weight.clone()
     loss(LOGITS, TARGET)
     assert torch.equal(state, loss.class_weight)
+
+
+def test_weighted_ce_with_explicit_class_weights() -> None:
+    loss = build("weighted_ce", COUNTS, weights=[1, 8.9])  # a control at any measured ratio
+    assert loss.realised_class_weights() == pytest.approx([1.0, 8.9])
+    expected = (torch.tensor([1.0, 8.9, 8.9], dtype=torch.float64) * torch.tensor(CE)).mean()
+    assert float(loss(LOGITS, TARGET)) == pytest.approx(float(expected), rel=1e-6)
+    for bad in (
+        [1.0, 2.0, 3.0],
+        [1.0, -2.0],
+        [1.0, 0.0],
+        [math.nan, 1.0],
+        [1.0, math.inf],
+        "1,2",
+        [1.0, "x"],
+    ):
+        with pytest.raises(ConfigError, match="weights"):
+            build("weighted_ce", COUNTS, weights=bad)
+    with pytest.raises(ConfigError, match="weights"):
+        build("weighted_ce", COUNTS, weights=[1.0, 2.0], scheme="inverse")
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "kind"),
+    [
+        ("ce", {}, None),
+        ("weighted_ce", {}, "fixed"),
+        ("class_balanced", {}, "fixed"),
+        ("focal", {"alpha": None}, "fixed"),
+        ("ldam", {}, "fixed"),
+        ("inverse_view", {}, "tracked"),
+        ("ot_reweight", {}, "tracked"),
+    ],
+)
+def test_realised_class_weights(name: str, params: dict, kind: str | None) -> None:
+    loss = build(name, COUNTS, **params)
+    if kind is None:
+        assert loss.realised_class_weights() is None
+        return
+    if kind == "fixed":
+        assert len(loss.realised_class_weights()) == len(COUNTS)
+        return
+    assert loss.realised_class_weights() is None  # nothing seen yet
+    for _ in range(2):
+        loss(LOGITS.clone().requires_grad_(True), TARGET)
+    realised = loss.realised_class_weights()
+    assert len(realised) == len(COUNTS)
+    present = set(TARGET.tolist())
+    assert all(math.isfinite(v) and v > 0 for c, v in enumerate(realised) if c in present)

@@ -97,49 +97,53 @@ def _matcard() -> list[str]:
     return [str(executable)] if executable.exists() else [sys.executable, "-m", "cli"]
 
 
-@pytest.mark.slow
-def test_kill_9_midway_then_resume_gives_one_row_per_structure(
-    seeded_bundle: Path, mp20_subset: Path, tmp_path: Path
-) -> None:
-    """A real `matcard screen` process is SIGKILLed after some shards committed; --resume finishes."""
-    from matcard.screening import screen
+def _committed_shards(manifest: Path) -> int:
+    try:
+        return len(json.loads(manifest.read_text())["shards"])
+    except (json.JSONDecodeError, OSError, KeyError):
+        return 0
 
-    reference = tmp_path / "reference.parquet"
-    screen(seeded_bundle, mp20_subset, reference, batch_size=8, progress=False)  # uninterrupted
 
-    out = tmp_path / "s.parquet"
-    command = [
-        *_matcard(),
-        "screen",
-        str(seeded_bundle),
-        str(mp20_subset),
-        "--out",
-        str(out),
-        "--batch-size",
-        "8",
-    ]
-    log = tmp_path / "killed-run.stderr"
+def _kill_after_shards(command: list[str], manifest: Path, shards: int, log: Path) -> int:
+    """Run ``command`` and SIGKILL its whole process group once ``shards`` shards are committed."""
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    manifest = state_dir_for(out) / "manifest.json"
     deadline = time.monotonic() + 240
     committed = 0
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if manifest.is_file():
-                try:
-                    committed = len(json.loads(manifest.read_text())["shards"])
-                except (json.JSONDecodeError, OSError):
-                    committed = 0
-                if committed >= 3:
-                    break
+            committed = _committed_shards(manifest)
+            if committed >= shards:
+                break
             time.sleep(0.05)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # the screen and its reader processes, no cleanup
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, f"exit {process.returncode}, not killed: {log.read_text()}"
-    assert committed >= 3 and not out.exists()
+    return committed
+
+
+@pytest.mark.slow
+def test_kill_9_midway_then_resume_gives_one_row_per_structure(
+    seeded_bundle: Path, mp20_subset: Path, tmp_path: Path
+) -> None:
+    """A real `matcard screen` process is SIGKILLed after some shards committed, its resume is killed
+    again a few shards later, and a last --resume finishes: one row per input, as uninterrupted."""
+    from matcard.screening import screen
+
+    reference = tmp_path / "reference.parquet"
+    screen(seeded_bundle, mp20_subset, reference, batch_size=8, progress=False)  # uninterrupted
+
+    out = tmp_path / "s.parquet"
+    command = [*_matcard(), "screen", str(seeded_bundle), str(mp20_subset), "--out", str(out)]
+    command += ["--batch-size", "8"]
+    manifest = state_dir_for(out) / "manifest.json"
+    first = _kill_after_shards(command, manifest, 3, tmp_path / "killed-run.stderr")
+    assert first >= 3 and not out.exists()
+    second_log = tmp_path / "killed-resume.stderr"
+    second = _kill_after_shards([*command, "--resume"], manifest, first + 3, second_log)
+    assert second >= first + 3 and not out.exists()
 
     resumed = subprocess.run([*command, "--resume", "--json"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

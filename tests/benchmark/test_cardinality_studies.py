@@ -1,0 +1,106 @@
+"""The shipped cardinality studies and the reference-form entries of the standard comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matcard import benchmark
+from matcard.benchmark import BenchmarkConfig
+from matcard.config import read_yaml
+from matcard.losses import LOSSES
+from matcard.losses.cardinality import MagnitudeLoss
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "benchmarks"
+# study -> (the existing study whose data / model / split it shares, seeds, train changes it documents)
+STUDIES = {
+    "cardinality_glass": ("glass_tg", 5, {}),
+    "cardinality_perov5": ("perov5_gapped", 10, {"epochs": 12, "patience": 6}),
+    "cardinality_mp20": ("mp20_crystal_system", 5, {}),
+}
+CONTROLS = {
+    "magnitude_control": "magnitude",
+    "spread_control": "spread",
+    "magnitude_class_geometry_control": "magnitude_class_geometry",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_cardinality_studies_share_the_existing_studies_settings(name):
+    source, n_seeds, trainer_changes = STUDIES[name]
+    tree = read_yaml(CONFIGS / f"{name}.yaml")
+    study = BenchmarkConfig.model_validate(tree)  # the schema; the new loss modes land separately
+    original = read_yaml(CONFIGS / f"{source}.yaml")
+    assert study.name == name
+    expected = dict(original["train"])
+    expected["trainer"] = {**original["train"]["trainer"], **trainer_changes}
+    assert study.train == expected
+    assert study.seeds == list(range(n_seeds))  # seeds 0-2: the existing study's splits
+    entries = {entry.label: entry for entry in study.losses}
+    assert {e: entries[e].control_for for e in CONTROLS} == CONTROLS
+    assert all(entries[e].loss == "weighted_ce" for e in CONTROLS)
+    assert (entries["magnitude"].params, entries["spread"].params) == ({}, {})  # the default forms
+    assert entries["magnitude_warmup"].params == {"mode": "add", "warmup_epochs": 3}
+    assert entries["magnitude_reference"].params == {"mode": "replace"}
+    assert {"ce", "weighted_ce", "magnitude_class_geometry"} <= set(entries)
+    assert study.baseline == "ce"
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_todays_entries_of_a_cardinality_study_plan(name):
+    today = "ce,weighted_ce,magnitude_reference"
+    study = benchmark.study_from_options(CONFIGS / f"{name}.yaml", losses=today)
+    assert [entry.label for entry in study.losses] == ["ce", "weighted_ce", "magnitude_reference"]
+    cells = benchmark.plan_cells(study, Path("x"))
+    assert len(cells) == 3 * len(study.seeds)
+    reference = next(c for c in cells if c.label == "magnitude_reference")
+    assert reference.settings["loss"] == {"name": "magnitude", "params": {"mode": "replace"}}
+
+
+def test_selecting_a_control_keeps_its_entry():
+    tree = read_yaml(CONFIGS / "cardinality_glass.yaml")
+    study = benchmark.select_losses(BenchmarkConfig.model_validate(tree), ["spread_control"])
+    assert [entry.label for entry in study.losses] == ["ce", "spread", "spread_control"]
+
+
+def test_standard_reference_forms_say_their_mode():
+    entries = {entry["label"]: entry for entry in benchmark.STANDARD_ENTRIES}
+    assert entries["magnitude_reference"]["params"] == {"mode": "replace"}
+    assert entries["spread_reference"]["params"] == {"mode": "replace"}
+    for label, entry in entries.items():  # no magnitude / spread entry leans on the loss's default mode
+        if entry["loss"] in ("magnitude", "spread"):
+            assert "mode" in entry.get("params", {}), label
+
+
+class _WeightByDefault(MagnitudeLoss):
+    """The magnitude loss as it will be: mode "weight" when none is given."""
+
+    def __init__(self, class_counts, **params) -> None:
+        super().__init__(class_counts, **{"mode": "replace", **params})
+        if "mode" not in params:
+            self.mode = "weight"
+
+
+def _cell_key(losses, label):
+    study = benchmark.load_benchmark_config(
+        overrides={"name": "k", "train": {"data": {"dataset": "aflow-prototypes"}}, "losses": ["ce", *losses]}
+    )
+    return next(c.key for c in benchmark.plan_cells(study, Path("x")) if c.label == label)
+
+
+def test_a_plain_magnitude_cell_key_follows_the_losss_default_mode():
+    from matcard.benchmark.planning import _default_mode_keyed
+
+    # today's defaults (replace for errors, divide for embeddings) key as before: old cells stay valid
+    assert _default_mode_keyed("magnitude", {}) == {}
+    assert _default_mode_keyed("spread", {"source": "embeddings"}) == {"source": "embeddings"}
+    plain = {"label": "magnitude", "loss": "magnitude"}
+    today = _cell_key([plain], "magnitude")
+    explicit = {"label": "magnitude", "loss": "magnitude", "params": {"mode": "replace"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(LOSSES, "magnitude", _WeightByDefault)
+        assert _default_mode_keyed("magnitude", {}) == {"mode": "weight"}
+        assert _cell_key([plain], "magnitude") != today  # a new default never reuses an old cell
+        assert _default_mode_keyed("magnitude", {"mode": "replace"}) == {"mode": "replace"}
+    assert _cell_key([explicit], "magnitude") != today  # the written-out mode is another setting
