@@ -7,6 +7,7 @@ prototypes; a real `matcard benchmark` process is killed with SIGKILL and resume
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -433,3 +434,23 @@ def test_another_baseline_reuses_every_cell_and_keeps_the_studys_tables(syntheti
     # the paired difference simply changes sign when the two losses swap roles
     before = {row["loss"]: row for row in result.summary}["ce_adam"]["macro_f1_vs_baseline"]
     assert rows["ce"]["macro_f1_vs_baseline"] == pytest.approx(-before)
+
+
+def test_every_loss_is_reported_with_argmax_and_tuned_decisions(train_run):
+    result, out = train_run
+    for row in result.per_seed:
+        assert row["tuned_macro_f1"] is not None and row["ece_after"] is not None
+        assert 0.0 <= row["conformal_class_coverage"] <= 1.0 and row["conformal_set_size"] >= 1.0
+    by_loss = {row["loss"]: row for row in result.summary}
+    for row in by_loss.values():
+        assert row["tuned_macro_f1"] is not None and row["ece_before"] is not None
+        low, high = row["macro_f1_tuned_vs_argmax_ci"]
+        assert low <= high  # a real interval: tuned and argmax differ on some items
+    assert all(math.isnan(v) for v in by_loss["ce"]["macro_f1_tuned_vs_baseline_tuned_ci"])  # itself
+    low, high = by_loss["focal"]["macro_f1_tuned_vs_baseline_tuned_ci"]
+    assert low <= high
+    ce_seed0 = next(r for r in result.per_seed if r["loss"] == "ce" and r["seed"] == 0)
+    cell = next(c for c in benchmark.plan_cells(result.config, out) if (c.label, c.seed) == ("ce", 0))
+    recorded = json.loads((cell.directory / "metrics.json").read_text())["decision"]["test"]
+    assert ce_seed0["tuned_macro_f1"] == pytest.approx(recorded["tuned"]["macro_f1"])
+    assert ce_seed0["ece_after"] == recorded["calibration"]["ece_after"]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from matcard._version import __version__
+from matcard.benchmark import decisions
 from matcard.benchmark.cells import _cell_predictions, collapsed_from_predictions
 from matcard.benchmark.planning import Cell
 from matcard.benchmark.schema import (
@@ -50,10 +51,18 @@ def summarise(
         for entry in config.losses
         for seed in config.seeds
     ]
+    # argmax and tuned decisions of every loss (matcard.decision), from the cells' run directories
+    tuned = {key: decisions.tuned_predictions(cell) for key, cell in cell_of.items()}
+    for row in per_seed:
+        key = (row["loss"], row["seed"])
+        row.update(decisions.seed_columns(cell_of[key], tuned[key], minority_index, len(class_names)))
     summary = [
         _entry_row(config, entry, per_seed, class_names, minority_index, predictions)
         for entry in config.losses
     ]
+    for row in summary:
+        row.update(decisions.entry_columns(config, row["loss"], per_seed, predictions, tuned,
+                                           len(class_names), minority_index))  # fmt: skip
     return BenchmarkResult(
         config=config,
         out_dir=out,
