@@ -48,9 +48,19 @@ def loss_key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def _registered_at_run_time() -> set[str]:
+    """Losses registered by user code: registering one imports matcard.losses, so when that module is
+    loaded its registry is asked too (without importing torch here when it is not)."""
+    import sys
+
+    module = sys.modules.get("matcard.losses.base")
+    return set(getattr(module, "LOSSES", {})) if module is not None else set()
+
+
 def check_loss_name(name: str) -> str:
     key = loss_key(name)
-    if LOSS_ALIASES.get(key, key) not in LOSS_NAMES:
+    key = LOSS_ALIASES.get(key, key)
+    if key not in LOSS_NAMES and key not in _registered_at_run_time():
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
     return name
 

@@ -302,13 +302,16 @@ def plan_cells(
 def _check_control_target(config: BenchmarkConfig, entry: LossEntry) -> None:
     """Before any work: the controlled entry's loss must report realised class weights."""
     from matcard.losses import build
+    from matcard.losses.base import ImbalanceLoss
 
     target = next(e for e in config.losses if e.label == entry.control_for)
     try:
         loss = build(target.loss, [10, 10], **target.params)
     except ConfigError:
         return  # the target's own cells report the bad parameter, naming the target
-    if not callable(getattr(loss, "realised_class_weights", None)):
+    # every loss has the method; only those that apply class weights override the base's None
+    method = getattr(type(loss), "realised_class_weights", None)
+    if method is None or method is ImbalanceLoss.realised_class_weights:
         raise ConfigError(
             f"losses[{entry.label}].control_for: the loss of {target.label!r} ({target.loss}) reports no "
             "realised class weights, so there is nothing to match"

@@ -9,8 +9,6 @@ import pytest
 from matcard import benchmark
 from matcard.benchmark import BenchmarkConfig
 from matcard.config import read_yaml
-from matcard.losses import LOSSES
-from matcard.losses.cardinality import MagnitudeLoss
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "benchmarks"
 # study -> (the existing study whose data / model / split it shares, seeds, train changes it documents)
@@ -73,15 +71,6 @@ def test_standard_reference_forms_say_their_mode():
             assert "mode" in entry.get("params", {}), label
 
 
-class _WeightByDefault(MagnitudeLoss):
-    """The magnitude loss as it will be: mode "weight" when none is given."""
-
-    def __init__(self, class_counts, **params) -> None:
-        super().__init__(class_counts, **{"mode": "replace", **params})
-        if "mode" not in params:
-            self.mode = "weight"
-
-
 def _cell_key(losses, label):
     study = benchmark.load_benchmark_config(
         overrides={"name": "k", "train": {"data": {"dataset": "aflow-prototypes"}}, "losses": ["ce", *losses]}
@@ -92,15 +81,13 @@ def _cell_key(losses, label):
 def test_a_plain_magnitude_cell_key_follows_the_losss_default_mode():
     from matcard.benchmark.planning import _default_mode_keyed
 
-    # today's defaults (replace for errors, divide for embeddings) key as before: old cells stay valid
-    assert _default_mode_keyed("magnitude", {}) == {}
+    # the default mode is "weight": it is part of a plain entry's key, so a cell trained when the
+    # default was the reference replace form (keyed without a mode) is never reused as the new default
+    assert _default_mode_keyed("magnitude", {}) == {"mode": "weight"}
+    assert _default_mode_keyed("magnitude", {"mode": "replace"}) == {"mode": "replace"}
     assert _default_mode_keyed("spread", {"source": "embeddings"}) == {"source": "embeddings"}
     plain = {"label": "magnitude", "loss": "magnitude"}
-    today = _cell_key([plain], "magnitude")
     explicit = {"label": "magnitude", "loss": "magnitude", "params": {"mode": "replace"}}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(LOSSES, "magnitude", _WeightByDefault)
-        assert _default_mode_keyed("magnitude", {}) == {"mode": "weight"}
-        assert _cell_key([plain], "magnitude") != today  # a new default never reuses an old cell
-        assert _default_mode_keyed("magnitude", {"mode": "replace"}) == {"mode": "replace"}
-    assert _cell_key([explicit], "magnitude") != today  # the written-out mode is another setting
+    weight = {"label": "magnitude", "loss": "magnitude", "params": {"mode": "weight"}}
+    assert _cell_key([plain], "magnitude") != _cell_key([explicit], "magnitude")
+    assert _cell_key([plain], "magnitude") == _cell_key([weight], "magnitude")
