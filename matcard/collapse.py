@@ -89,10 +89,15 @@ def assess(
 def warning_text(report: CollapseReport, loss_name: str) -> str:
     """One line for the console and the ``matcard train`` summary."""
     share = f"{report.fraction:.1%}" if report.fraction is not None else "n/a"
+    if report.selected_collapsed:
+        return (
+            f"loss {loss_name!r} collapsed to a constant predictor: {share} of the validation items are "
+            f"predicted {report.top_class!r}; its metrics describe a model that ignores its input"
+        )
     return (
-        f"loss {loss_name!r} collapsed to a constant predictor: {share} of the validation items are "
-        f"predicted {report.top_class!r} (>= {report.threshold:.0%} for the last {report.epochs} "
-        "epoch(s)); its metrics describe a model that ignores its input"
+        f"loss {loss_name!r} collapsed to a constant predictor for the last {report.epochs} epoch(s) "
+        f"(>= {report.threshold:.0%} of the validation items in one class); the selected checkpoint "
+        f"predates the collapse ({share} in its top class {report.top_class!r})"
     )
 
 

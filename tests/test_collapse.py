@@ -139,3 +139,12 @@ def test_a_reweighting_loss_records_its_weights_and_the_verdict_matches_its_pred
     assert metrics["collapsed"] == (fraction >= 0.99 or metrics["collapse"]["epochs_flagged"])
     history = pd.read_csv(result.run_dir / "history.csv")
     assert "val_top_class_fraction" in history.columns
+
+
+def test_the_warning_says_whether_the_selected_checkpoint_itself_collapsed():
+    labels = np.array([0] * 60 + [1] * 40)
+    constant = collapse.assess(np.zeros(100, dtype=int), labels, NAMES[:2], [1.0] * 3)
+    assert "ignores its input" in collapse.warning_text(constant, "magnitude")
+    late = collapse.assess(np.array([0] * 55 + [1] * 45), labels, NAMES[:2], [0.6] + [1.0] * 6)
+    text = collapse.warning_text(late, "magnitude")
+    assert late.collapsed and "last 6 epoch(s)" in text and "predates the collapse" in text

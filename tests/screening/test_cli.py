@@ -206,7 +206,11 @@ def test_json_keeps_full_failure_reasons(seeded_bundle: Path, tmp_path: Path) ->
     assert result.exit_code == 1, result.output
     summary = json.loads(result.stdout)
     assert summary["n_predicted"] == 0 and summary["n_failed"] == 1
-    assert summary["failure_reasons"] == {"no CIF column in table (columns: a, b)": 1}
-    assert "no CIF column in table (columns: a, b)" in " ".join(result.stderr.split())
+    reason = (
+        "no CIF column in table: no column named like cif / structure / poscar, and none holds CIF text "
+        "or pymatgen Structure dicts in its first rows; columns seen: a, b"
+    )  # the whole reason, past every colon
+    assert summary["failure_reasons"] == {reason: 1}
+    assert reason in " ".join(result.stderr.split())
     errors = pd.read_csv(tmp_path / "t.errors.csv", keep_default_na=False)
     assert list(errors.columns) == ["source", "reason", "detail"]
