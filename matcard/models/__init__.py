@@ -22,7 +22,7 @@ from matcard.models.schnet import SchNet
 class ModelSpec:
     name: str
     cls: type[nn.Module]
-    input_kind: str  # "graph" (periodic crystal graphs) or "composition" (descriptor vectors)
+    input_kind: str  # "graph" (periodic crystal graphs) or "vector" (composition or CHGNet features)
     description: str
 
 
@@ -31,7 +31,7 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("cgcnn", CGCNN, "graph", "crystal graph convolutions (CGConv), methods §7 defaults"),
         ModelSpec("schnet", SchNet, "graph", "SchNet continuous-filter convolutions on periodic graphs"),
-        ModelSpec("mlp", CompositionMLP, "composition", "MLP over composition descriptors"),
+        ModelSpec("mlp", CompositionMLP, "vector", "MLP over per-structure vectors (composition, chgnet)"),
     )
 }
 
