@@ -51,7 +51,7 @@ from matcard.fileio import atomic_path, atomic_write_json, sha256_file
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-STORE_FORMAT = 2
+STORE_FORMAT = 3  # 3: graphs carry edge_vec (older stores are rebuilt, never mixed)
 MANIFEST = "manifest.json"
 
 
@@ -104,6 +104,7 @@ def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[
     node_ptr = shard["node_ptr"].tolist()
     edge_ptr = shard["edge_ptr"].tolist()
     x = shard.get("x")
+    edge_vec = shard.get("edge_vec")
     z, edge_index, edge_dist, edge_offset = (
         shard["z"],
         shard["edge_index"],
@@ -121,6 +122,8 @@ def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[
         )
         if x is not None:
             data.x = x[n0:n1]
+        if edge_vec is not None:
+            data.edge_vec = edge_vec[e0:e1]
         if ys is not None:
             data.y = ys[i : i + 1]
         out.append(data)

@@ -66,7 +66,8 @@ def collate_results(results: Sequence[ItemResult], kind: str) -> dict[str, np.nd
     """Concatenate items into flat arrays plus pointers (the layout of a store shard).
 
     ``ids``, ``position``; graphs: ``z``, ``edge_index`` (per-graph local indices), ``edge_dist``,
-    ``edge_offset``, ``x`` (if built), ``node_ptr`` / ``edge_ptr`` [n + 1]; compositions: ``x`` [n, F].
+    ``edge_offset``, ``edge_vec``, ``x`` (if built), ``node_ptr`` / ``edge_ptr`` [n + 1];
+    vectors (composition, chgnet): ``x`` [n, F].
     """
     arrays: dict[str, np.ndarray] = {
         "ids": np.array([str(r.id) for r in results], dtype=str),
@@ -92,6 +93,8 @@ def collate_results(results: Sequence[ItemResult], kind: str) -> dict[str, np.nd
     arrays["edge_index"] = cat([g.edge_index for g in graphs], (2, 0), np.int64, axis=1)
     arrays["edge_dist"] = cat([g.edge_dist for g in graphs], (0,), np.float32)
     arrays["edge_offset"] = cat([g.edge_offset for g in graphs], (0, 3), np.int64)
+    if graphs and all(g.edge_vec is not None for g in graphs):
+        arrays["edge_vec"] = cat([g.edge_vec for g in graphs], (0, 3), np.float32)  # type: ignore[misc]
     if graphs and graphs[0].x is not None:
         arrays["x"] = cat([g.x for g in graphs if g.x is not None], (0, 0), np.float32)
     return arrays
@@ -111,7 +114,9 @@ def merge_collated(parts: Sequence[dict[str, np.ndarray]], kind: str) -> dict[st
     if kind in VECTOR_KINDS:
         merged["x"] = np.concatenate([p["x"] for p in filled])
         return merged
-    for name, axis in (("z", 0), ("edge_index", 1), ("edge_dist", 0), ("edge_offset", 0), ("x", 0)):
+    for name, axis in (
+        ("z", 0), ("edge_index", 1), ("edge_dist", 0), ("edge_offset", 0), ("edge_vec", 0), ("x", 0)
+    ):  # fmt: skip
         if name in filled[0]:
             merged[name] = np.ascontiguousarray(np.concatenate([p[name] for p in filled], axis=axis))
     for ptr in ("node_ptr", "edge_ptr"):
