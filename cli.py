@@ -267,6 +267,37 @@ def inspect_command(
 # === featurize ===================================================================
 
 
+_OPTION_NAMES = {
+    "max_neighbors": "--max-neighbors",
+    "node_features": "--node-features",
+    "model_version": "--model-version",
+}
+
+
+def _featurizer_options(
+    featurizer: str,
+    **by_kind: dict[str, object],
+) -> dict[str, object]:
+    """The options of ``featurizer`` (None = default); options given for another featurizer are an error."""
+    from matcard.errors import UsageError
+
+    if featurizer not in by_kind:
+        raise UsageError(f"--featurizer must be one of {', '.join(by_kind)}, not {featurizer!r}")
+    used = [
+        _OPTION_NAMES.get(name, f"--{name}")
+        for kind, options in by_kind.items()
+        if kind != featurizer
+        for name, value in options.items()
+        if value is not None
+    ]
+    if used:
+        raise UsageError(f"{', '.join(used)} do(es) not apply to --featurizer {featurizer}")
+    options = {k: v for k, v in by_kind[featurizer].items() if v is not None}
+    if isinstance(options.get("descriptors"), str):
+        options["descriptors"] = tuple(d.strip() for d in str(options["descriptors"]).split(","))
+    return options
+
+
 @app.command("featurize")
 def featurize_command(
     source: Annotated[
@@ -276,7 +307,8 @@ def featurize_command(
         str | None, typer.Option(help="Label task (checked, counted, and saved beside the features).")
     ] = None,
     featurizer: Annotated[
-        str, typer.Option(help="graph (crystal graphs) or composition (matminer).")
+        str,
+        typer.Option(help="graph (crystal graphs), composition (matminer) or chgnet (pretrained CHGNet)."),
     ] = "graph",
     cutoff: Annotated[float | None, typer.Option(help="Graph neighbour cutoff in Å (default 8).")] = None,
     max_neighbors: Annotated[
@@ -310,38 +342,33 @@ def featurize_command(
     timeout: Annotated[
         float, typer.Option(help="Seconds allowed to parse one structure file (grows with file size).")
     ] = 10.0,
+    pooling: Annotated[
+        str | None, typer.Option(help="CHGNet read-out: crystal (64 numbers) or crystal+atoms (320).")
+    ] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="CHGNet checkpoint shipped with chgnet (default 0.3.0).")
+    ] = None,
 ) -> None:
-    """Featurize a dataset into crystal graphs or composition descriptors (parallel, cached, sharded)."""
+    """Featurize a dataset into crystal graphs, composition descriptors or pretrained CHGNet features
+    (parallel, cached, sharded)."""
     import json
 
     from rich.table import Table
 
-    from matcard.errors import UsageError
     from matcard.featurize.api import featurize_dataset, make_featurizer
 
     try:
-        if featurizer == "graph":
-            options: dict[str, object] = {
+        options = _featurizer_options(
+            featurizer,
+            graph={
                 "cutoff": cutoff,
                 "max_neighbors": max_neighbors,
                 "mode": mode,
                 "node_features": node_features,
-            }
-            if descriptors is not None:
-                raise UsageError("--descriptors applies to --featurizer composition")
-        elif featurizer == "composition":
-            graph_options = {
-                "--cutoff": cutoff,
-                "--max-neighbors": max_neighbors,
-                "--mode": mode,
-                "--node-features": node_features,
-            }
-            used = [name for name, value in graph_options.items() if value is not None]
-            if used:
-                raise UsageError(f"{', '.join(used)} apply to --featurizer graph")
-            options = {"descriptors": tuple(d.strip() for d in descriptors.split(","))} if descriptors else {}
-        else:
-            raise UsageError(f"--featurizer must be 'graph' or 'composition', not {featurizer!r}")
+            },
+            composition={"descriptors": descriptors},
+            chgnet={"pooling": pooling, "model_version": model_version},
+        )
         built = make_featurizer(featurizer, **options)
         dataset = _load_for_featurize(source, mirror=mirror, disorder=disorder, timeout=timeout)
         report = featurize_dataset(
@@ -595,7 +622,11 @@ def train_command(
     task: Annotated[
         str | None, typer.Option(help="Label recipe, e.g. crystal_system, 'band_gap==0'.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Architecture: cgcnn, schnet, mlp.")] = None,
+    model: Annotated[str | None, typer.Option(help="Architecture: cgcnn, schnet, alignn, mlp.")] = None,
+    featurizer: Annotated[
+        str | None,
+        typer.Option(help="auto (default for the model), graph, composition or chgnet (vector models)."),
+    ] = None,
     loss: Annotated[str | None, typer.Option(help="Loss: ce, magnitude, spread, focal, ldam, ...")] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Maximum epochs (early stopping on val macro-F1).")
@@ -630,6 +661,7 @@ def train_command(
         "dataset": dataset,
         "task": task,
         "model": model,
+        "featurizer": featurizer,
         "loss": loss,
         "epochs": epochs,
         "batch_size": batch_size,
@@ -712,8 +744,9 @@ def calibrate_command(
     run: Annotated[str, typer.Argument(help="A finished training run directory.")],
     objective: Annotated[
         str | None,
-        typer.Option(help="macro_f1, balanced_accuracy, minority_f1, "
-            "recall>=R[:class], precision>=P[:class]"),
+        typer.Option(
+            help="macro_f1, balanced_accuracy, minority_f1, recall>=R[:class], precision>=P[:class]"
+        ),
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="Conformal miscoverage: sets cover 1 - alpha.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the decision block as JSON.")] = False,
@@ -838,7 +871,11 @@ def benchmark_command(
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset of an ad-hoc study (or override).")] = None,
     task: Annotated[str | None, typer.Option(help="Task of an ad-hoc study (or override).")] = None,
-    model: Annotated[str | None, typer.Option(help="Architecture: cgcnn, schnet, mlp.")] = None,
+    model: Annotated[str | None, typer.Option(help="Architecture: cgcnn, schnet, alignn, mlp.")] = None,
+    featurizer: Annotated[
+        str | None,
+        typer.Option(help="auto (default for the model), graph, composition or chgnet (vector models)."),
+    ] = None,
     losses: Annotated[
         str | None,
         typer.Option(

@@ -2,6 +2,7 @@
 
     python benchmarks/featurize.py [--limit N] [--repeat R] [--json]
     python benchmarks/featurize.py --full [--jobs 2] [--json]
+    python benchmarks/featurize.py --featurizer chgnet [--limit 300] [--pooling crystal+atoms] [--json]
 
 The structures come through the dataset registry (so ``MATCARD_MIRROR`` is honoured); every
 builder runs single-process on the same pymatgen ``Structure`` objects:
@@ -17,6 +18,11 @@ builder runs single-process on the same pymatgen ``Structure`` objects:
 Each builder is timed ``--repeat`` times over all structures; the best time counts (the others
 are noise from a shared machine). Before timing, the three are checked to find the same 12
 nearest distances for every atom of the first 50 structures.
+
+``--featurizer chgnet`` times frozen pretrained CHGNet features (``ChgnetFeaturizer.features_many``,
+batched) beside the graph builder on the same structures, in this process with 1 torch thread and
+with all cores' threads, and through ``featurize_items`` with ``--jobs`` worker processes (worker
+start-up, i.e. importing torch + chgnet and loading the checkpoint, included: what a user waits for).
 
 ``--full`` instead runs ``matcard featurize mp20-biternary --jobs J`` twice in fresh processes
 (the second is served from the cache) into a temporary folder and reports the wall times, their
@@ -155,6 +161,38 @@ def run_speed(limit: int, repeat: int) -> dict[str, Any]:
     return result
 
 
+def run_chgnet(limit: int, pooling: str, jobs: int) -> dict[str, Any]:
+    import tempfile
+
+    import torch
+
+    from matcard.featurize import ChgnetFeaturizer, featurize_items
+    from matcard.featurize.graph import GraphFeaturizer
+
+    structures = load_structures(limit)
+    graph, chgnet = GraphFeaturizer(), ChgnetFeaturizer(pooling=pooling)
+    chgnet.features(structures[0])  # warm-up: imports, checkpoint
+    rates = timed_passes({"graph": graph}, structures, 3)
+    cores = torch.get_num_threads()
+    for threads in sorted({1, cores}):
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        failed = sum(isinstance(r, Exception) for r in chgnet.features_many(structures))
+        rates[f"chgnet_1proc_{threads}threads"] = len(structures) / (time.perf_counter() - started)
+    torch.set_num_threads(cores)
+    items = [(str(i), s) for i, s in enumerate(structures)]
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        featurize_items(items, chgnet, out=scratch, jobs=jobs, progress=False)
+        rates[f"chgnet_{jobs}workers"] = len(structures) / (time.perf_counter() - started)
+    return {
+        "n_structures": len(structures),
+        "pooling": pooling,
+        "chgnet_failures": failed,
+        **{f"{name}_per_s": round(rate, 1) for name, rate in rates.items()},
+    }
+
+
 def _tree_rss(process: Any) -> int:
     import psutil
 
@@ -233,16 +271,21 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="memory + cache run over all 14,258 structures")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for --full")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--featurizer", choices=["graph", "chgnet"], default="graph")
+    parser.add_argument("--pooling", default="crystal", help="chgnet read-out: crystal or crystal+atoms")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    result = run_full(args.jobs) if args.full else run_speed(args.limit, args.repeat)
+    if args.featurizer == "chgnet":
+        result = run_chgnet(args.limit, args.pooling, args.jobs)
+    else:
+        result = run_full(args.jobs) if args.full else run_speed(args.limit, args.repeat)
     if args.json:
         print(json.dumps(result))
         return
     from rich.console import Console
     from rich.table import Table
 
-    title = "featurize benchmark (full dataset)" if args.full else "graph featurization, 1 process"
+    title = "featurize benchmark (full dataset)" if args.full else f"{args.featurizer} featurization"
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")

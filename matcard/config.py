@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from matcard.errors import ConfigError
-from matcard.names import MODEL_INPUT_KINDS, check_loss_name, check_model_name
+from matcard.names import INPUT_FEATURIZERS, MODEL_INPUT_KINDS, check_loss_name, check_model_name
 
 
 class _Section(BaseModel):
@@ -59,8 +59,10 @@ class DataConfig(_Section):
 
 
 class FeaturizerConfig(_Section):
-    kind: Literal["auto", "graph", "composition"] = Field(
-        "auto", description="auto: graph for crystal GNNs, composition for the MLP"
+    kind: Literal["auto", "graph", "composition", "chgnet"] = Field(
+        "auto",
+        description="auto: graph for crystal GNNs, composition for the MLP; chgnet: frozen pretrained "
+        "CHGNet features (vector models such as the MLP)",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="featurizer config fields (cutoff, ...)")
     workers: int = Field(1, ge=1, description="processes for featurization")
@@ -169,14 +171,17 @@ class TrainConfig(_Section):
         return self
 
     def featurizer_kind(self) -> str:
-        """``graph`` or ``composition``: explicit, or what the model consumes."""
+        """``graph``, ``composition`` or ``chgnet``: explicit, or the default of what the model consumes."""
         input_kind = MODEL_INPUT_KINDS[self.model.name]
-        if self.featurizer.kind != "auto" and self.featurizer.kind != input_kind:
+        accepted = INPUT_FEATURIZERS[input_kind]
+        if self.featurizer.kind == "auto":
+            return accepted[0]
+        if self.featurizer.kind not in accepted:
             raise ConfigError(
-                f"featurizer.kind: model {self.model.name!r} needs {input_kind!r} features, "
-                f"not {self.featurizer.kind!r}"
+                f"featurizer.kind: model {self.model.name!r} needs {' or '.join(map(repr, accepted))} "
+                f"features, not {self.featurizer.kind!r}"
             )
-        return input_kind
+        return self.featurizer.kind
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -187,6 +192,7 @@ CLI_OVERRIDES: dict[str, str] = {
     "dataset": "data.dataset",
     "task": "data.task",
     "model": "model.name",
+    "featurizer": "featurizer.kind",
     "loss": "loss.name",
     "epochs": "trainer.epochs",
     "timeout": "data.timeout",

@@ -134,10 +134,10 @@ def prepare_data(
     dataset = load_dataset(
         data_cfg.dataset, mirror=data_cfg.mirror, progress=progress, timeout=data_cfg.timeout
     )
-    if kind == "graph" and dataset.kind != "structures":
+    if kind in ("graph", "chgnet") and dataset.kind != "structures":
         raise ConfigError(
-            f"model.name: {config.model.name!r} needs crystal structures, but dataset {dataset.name!r} "
-            "holds compositions only; use model.name=mlp"
+            f"model.name: {config.model.name!r} with {kind!r} features needs crystal structures, but "
+            f"dataset {dataset.name!r} holds compositions only; use model.name=mlp with composition features"
         )
     task = dataset.task(data_cfg.task)
     labels = dataset.labels(task)

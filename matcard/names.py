@@ -39,8 +39,19 @@ LOSS_ALIASES: dict[str, str] = {
     "ot": "ot_reweight",
     "mag": "magnitude",
 }
-# model name -> the input it consumes ("graph": periodic crystal graphs, "composition": descriptors)
-MODEL_INPUT_KINDS: dict[str, str] = {"cgcnn": "graph", "mlp": "composition", "schnet": "graph"}
+# model name -> the input it consumes ("graph": periodic crystal graphs, "vector": one descriptor
+# vector per item, from the composition or the chgnet featurizer)
+MODEL_INPUT_KINDS: dict[str, str] = {
+    "alignn": "graph",
+    "cgcnn": "graph",
+    "mlp": "vector",
+    "schnet": "graph",
+}
+# input kind -> featurizer kinds that produce it; the first is what featurizer.kind=auto picks
+INPUT_FEATURIZERS: dict[str, tuple[str, ...]] = {
+    "graph": ("graph",),
+    "vector": ("composition", "chgnet"),
+}
 
 
 def loss_key(name: str) -> str:

@@ -46,6 +46,7 @@ from matcard.data_prep import (
 )
 from matcard.errors import ConfigError, MatcardError, UsageError
 from matcard.fileio import atomic_path, atomic_write_json
+from matcard.names import INPUT_FEATURIZERS
 from matcard.run_state import (
     RESUMABLE_CHANGES,
     clear_run,
@@ -221,9 +222,10 @@ def _train_loader_and_graphs(config: TrainConfig, data: PreparedData) -> tuple[A
     elif name in ("under", "undersample", "random_under_sampler"):
         sampler = losses.UnderSampler(y, seed=config.trainer.seed, **params)
     elif name in losses.RESAMPLERS:
-        if config.featurizer_kind() != "composition":
+        if config.featurizer_kind() not in INPUT_FEATURIZERS["vector"]:
             raise ConfigError(
-                f"sampler.name: {name!r} interpolates descriptor vectors and needs composition features; "
+                f"sampler.name: {name!r} interpolates descriptor vectors and needs vector features "
+                "(composition or chgnet); "
                 "for crystal graphs use class_balanced or under"
             )
         features = torch.cat([g.x for g in graphs]).numpy()

@@ -1,9 +1,10 @@
-"""Featurization: periodic crystal graphs and composition descriptors, parallel and cached.
+"""Featurization: crystal graphs, composition descriptors, CHGNet features; parallel and cached.
 
 Public API (imported lazily, so that ``import matcard.featurize`` does not import torch)::
 
     GraphFeaturizerConfig, GraphFeaturizer           crystal graphs (graph.py)
     CompositionFeaturizerConfig, CompositionFeaturizer, oxide_compositions   (composition.py)
+    ChgnetFeaturizerConfig, ChgnetFeaturizer         frozen pretrained CHGNet features (chgnet.py)
     featurizer_from_config(dict)                     rebuild a featurizer from its config
     featurize_dataset(source, featurizer, task=...)  registry dataset -> cached FeatureStore
     featurize_items([(id, structure), ...], ...)     any items -> cached FeatureStore
@@ -25,6 +26,8 @@ _LAZY: dict[str, str] = {
     "CompositionFeaturizer": "matcard.featurize.composition",
     "oxide_compositions": "matcard.featurize.composition",
     "featurize_compositions": "matcard.featurize.composition",
+    "ChgnetFeaturizerConfig": "matcard.featurize.chgnet",
+    "ChgnetFeaturizer": "matcard.featurize.chgnet",
     "featurizer_from_config": "matcard.featurize.api",
     "make_featurizer": "matcard.featurize.api",
     "featurize_dataset": "matcard.featurize.api",

@@ -30,6 +30,7 @@ from matcard.featurize.cache import (
     open_store,
     store_lock,
 )
+from matcard.featurize.chgnet import ChgnetFeaturizer, ChgnetFeaturizerConfig
 from matcard.featurize.composition import CompositionFeaturizer, CompositionFeaturizerConfig
 from matcard.featurize.graph import GraphFeaturizer, GraphFeaturizerConfig, StructureArrays
 from matcard.featurize.parallel import ItemFailure, resolve_jobs, run_featurization
@@ -37,15 +38,18 @@ from matcard.featurize.parallel import ItemFailure, resolve_jobs, run_featurizat
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-AnyFeaturizer = GraphFeaturizer | CompositionFeaturizer
+AnyFeaturizer = GraphFeaturizer | CompositionFeaturizer | ChgnetFeaturizer
+FEATURIZER_KINDS = ("graph", "composition", "chgnet")
 DEFAULT_SHARD_SIZE = 4096
 # Below this many items a worker pool costs more than it saves (measured: a graph takes ~0.3 ms,
-# a worker start ~1 s; matminer descriptors take ~1.5 ms per composition).
-_MIN_ITEMS_FOR_WORKERS = {"graph": 5000, "composition": 500}
+# a worker start ~1 s; matminer descriptors take ~1.5 ms per composition). A CHGNet worker must import
+# torch + chgnet and load the checkpoint (~8 s), and one process with torch's intra-op threads uses
+# the cores about as well (benchmarks/featurize.py), so CHGNet runs in-process unless asked.
+_MIN_ITEMS_FOR_WORKERS = {"graph": 5000, "composition": 500, "chgnet": 1_000_000}
 
 
 def featurizer_from_config(
-    config: dict[str, Any] | GraphFeaturizerConfig | CompositionFeaturizerConfig,
+    config: dict[str, Any] | GraphFeaturizerConfig | CompositionFeaturizerConfig | ChgnetFeaturizerConfig,
 ) -> AnyFeaturizer:
     """Rebuild exactly the featurizer described by ``config`` (``featurizer.config.model_dump()``).
 
@@ -56,6 +60,8 @@ def featurizer_from_config(
         return GraphFeaturizer(config)
     if isinstance(config, CompositionFeaturizerConfig):
         return CompositionFeaturizer(config)
+    if isinstance(config, ChgnetFeaturizerConfig):
+        return ChgnetFeaturizer(config)
     if not isinstance(config, dict):
         raise ConfigError(f"featurizer config must be a mapping, got {type(config).__name__}")
     kind = config.get("kind", "graph")
@@ -64,25 +70,27 @@ def featurizer_from_config(
             return GraphFeaturizer(GraphFeaturizerConfig(**config))
         if kind == "composition":
             return CompositionFeaturizer(CompositionFeaturizerConfig(**config))
+        if kind == "chgnet":
+            return ChgnetFeaturizer(ChgnetFeaturizerConfig(**config))
     except ValidationError as error:
         first = error.errors()[0]
         field_name = ".".join(str(p) for p in first["loc"]) or "featurizer"
         raise ConfigError(f"featurizer.{field_name}: {first['msg']}") from error
-    raise ConfigError(f"featurizer.kind: unknown featurizer {kind!r} (expected 'graph' or 'composition')")
+    raise ConfigError(f"featurizer.kind: unknown featurizer {kind!r} (expected one of {FEATURIZER_KINDS})")
 
 
 def make_featurizer(
     featurizer: str | dict[str, Any] | AnyFeaturizer | None = None, **options: Any
 ) -> AnyFeaturizer:
-    """A featurizer from a name ("graph" / "composition"), a config dict or a featurizer."""
-    if isinstance(featurizer, GraphFeaturizer | CompositionFeaturizer):
+    """A featurizer from a name ("graph" / "composition" / "chgnet"), a config dict or a featurizer."""
+    if isinstance(featurizer, GraphFeaturizer | CompositionFeaturizer | ChgnetFeaturizer):
         if options:
             return featurizer_from_config({**featurizer.config.model_dump(), **options})
         return featurizer
     if featurizer is None or isinstance(featurizer, str):
         kind = featurizer or "graph"
-        if kind not in ("graph", "composition"):
-            raise UsageError(f"unknown featurizer {kind!r} (expected 'graph' or 'composition')")
+        if kind not in FEATURIZER_KINDS:
+            raise UsageError(f"unknown featurizer {kind!r} (expected one of {', '.join(FEATURIZER_KINDS)})")
         return featurizer_from_config({"kind": kind, **{k: v for k, v in options.items() if v is not None}})
     return featurizer_from_config({**featurizer, **options})
 
@@ -353,7 +361,7 @@ def featurize_dataset(
         items = _StoreItems(ids, store)
     elif dataset.kind == "structures":
         items = list(zip(ids, dataset.structures(), strict=True))
-    elif featurizer.kind == "graph":
+    elif featurizer.kind in ("graph", "chgnet"):
         raise UsageError(f"dataset {dataset.name!r} has compositions only; use the composition featurizer")
     else:
         items = list(zip(ids, dataset.compositions(), strict=True))

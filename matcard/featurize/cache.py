@@ -39,13 +39,19 @@ import numpy as np
 from matcard._version import __version__
 from matcard.errors import MatcardError
 from matcard.featurize.elements import element_table_digest
-from matcard.featurize.parallel import ChunkResult, ItemFailure, collate_results, merge_collated
+from matcard.featurize.parallel import (
+    VECTOR_KINDS,
+    ChunkResult,
+    ItemFailure,
+    collate_results,
+    merge_collated,
+)
 from matcard.fileio import atomic_path, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-STORE_FORMAT = 2
+STORE_FORMAT = 3  # 3: graphs carry edge_vec (older stores are rebuilt, never mixed)
 MANIFEST = "manifest.json"
 
 
@@ -87,7 +93,7 @@ def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[
     if labels is not None:
         ys = torch.as_tensor(labels[np.asarray(positions, dtype=np.int64)], dtype=torch.long)
     out: list[Data] = []
-    if kind == "composition":
+    if kind in VECTOR_KINDS:
         x = shard["x"]
         for i in range(len(positions)):
             data = Data(x=x[i : i + 1], num_nodes=1)
@@ -98,6 +104,7 @@ def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[
     node_ptr = shard["node_ptr"].tolist()
     edge_ptr = shard["edge_ptr"].tolist()
     x = shard.get("x")
+    edge_vec = shard.get("edge_vec")
     z, edge_index, edge_dist, edge_offset = (
         shard["z"],
         shard["edge_index"],
@@ -115,6 +122,8 @@ def _split(shard: dict[str, Any], kind: str, labels: np.ndarray | None) -> list[
         )
         if x is not None:
             data.x = x[n0:n1]
+        if edge_vec is not None:
+            data.edge_vec = edge_vec[e0:e1]
         if ys is not None:
             data.y = ys[i : i + 1]
         out.append(data)
@@ -140,7 +149,7 @@ class FeatureStore:
 
     path: Path
     key: str
-    kind: str  # "graph" | "composition"
+    kind: str  # "graph" | "composition" | "chgnet"
     featurizer_config: dict[str, Any]
     n_inputs: int
     shard_size: int
@@ -302,9 +311,9 @@ class FeatureStore:
         return covered[~np.isin(covered, failed)]
 
     def matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """Composition stores: (X float32 [N, F], positions [N]) for scikit-learn style models."""
-        if self.kind != "composition":
-            raise MatcardError("matrix() is for composition features; graphs are read with load()")
+        """Vector stores (composition, chgnet): (X float32 [N, F], positions [N]) for scikit-learn."""
+        if self.kind not in VECTOR_KINDS:
+            raise MatcardError("matrix() is for per-structure vectors; graphs are read with load()")
         xs = [self.load_shard(i)["x"] for i in sorted(self.shards)]
         width = len(xs[0][0]) if xs and len(xs[0]) else 0
         return (np.concatenate(xs) if xs else np.zeros((0, width), np.float32)), self.positions()

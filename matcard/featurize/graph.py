@@ -7,7 +7,8 @@ lookup into a per-process element table. There is no Python loop over atoms or e
 
 Graph contract (docs/architecture.md): ``x`` float32 [n, F], ``z`` int64 [n], ``edge_index``
 int64 [2, E] (source -> neighbour), ``edge_dist`` float32 [E] in Å, ``edge_offset`` int64 [E, 3]
-(lattice image of the neighbour), ``y`` int64 [1] when a label is given.
+(lattice image of the neighbour), ``edge_vec`` float32 [E, 3] (Cartesian vector from the centre to
+that image of the neighbour, Å; angle-aware models need it), ``y`` int64 [1] when a label is given.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class GraphArrays:
     edge_offset: np.ndarray  # int64 [E, 3]
     cutoff_used: float
     flags: list[str] = field(default_factory=list)
+    edge_vec: np.ndarray | None = None  # float32 [E, 3]: neighbour image minus centre, Å
 
     def to_data(self, y: int | None = None) -> Data:
         import torch
@@ -90,6 +92,8 @@ class GraphArrays:
             edge_offset=torch.from_numpy(self.edge_offset),
             num_nodes=len(self.z),
         )
+        if self.edge_vec is not None:
+            data.edge_vec = torch.from_numpy(self.edge_vec)
         if self.x is not None:
             data.x = torch.from_numpy(self.x)
         if y is not None:
@@ -239,6 +243,8 @@ def build_graph_arrays(arrays: StructureArrays, config: GraphFeaturizerConfig) -
             x = np.zeros((n_atoms, NODE_DIM), dtype=np.float32)
             np.add.at(x, site, table[zs] * occu[:, None].astype(np.float32))
             flags.append("disordered_weighted_features")
+    # bond vectors (lattice-aware): what bond angles are computed from; exact for the stored image
+    edge_vec = arrays.cart_coords[neighbors] + images @ arrays.lattice - arrays.cart_coords[centers]
     return GraphArrays(
         x=x,
         z=arrays.numbers.astype(np.int64, copy=False),
@@ -247,6 +253,7 @@ def build_graph_arrays(arrays: StructureArrays, config: GraphFeaturizerConfig) -
         edge_offset=np.ascontiguousarray(images, dtype=np.int64),
         cutoff_used=float(cutoff),
         flags=flags,
+        edge_vec=np.ascontiguousarray(edge_vec, dtype=np.float32),
     )
 
 

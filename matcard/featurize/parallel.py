@@ -29,7 +29,9 @@ import numpy as np
 from matcard.errors import MatcardError, UsageError
 from matcard.featurize.graph import FeaturizationError, GraphArrays, StructureArrays
 
-Featurizer = Any  # GraphFeaturizer | CompositionFeaturizer (kept loose to avoid import cycles)
+Featurizer = Any  # GraphFeaturizer | CompositionFeaturizer | ChgnetFeaturizer (loose: no import cycles)
+# featurizers that give one vector per item (stored as x [n, F], read back as Data(x=[1, F]))
+VECTOR_KINDS: tuple[str, ...] = ("composition", "chgnet")
 
 
 @dataclass
@@ -39,7 +41,7 @@ class ItemResult:
     position: int
     id: str
     graph: GraphArrays | None = None  # graph featurizer
-    vector: np.ndarray | None = None  # composition featurizer: float32 [F]
+    vector: np.ndarray | None = None  # vector featurizers (composition, chgnet): float32 [F]
     flags: list[str] = field(default_factory=list)
 
 
@@ -64,13 +66,14 @@ def collate_results(results: Sequence[ItemResult], kind: str) -> dict[str, np.nd
     """Concatenate items into flat arrays plus pointers (the layout of a store shard).
 
     ``ids``, ``position``; graphs: ``z``, ``edge_index`` (per-graph local indices), ``edge_dist``,
-    ``edge_offset``, ``x`` (if built), ``node_ptr`` / ``edge_ptr`` [n + 1]; compositions: ``x`` [n, F].
+    ``edge_offset``, ``edge_vec``, ``x`` (if built), ``node_ptr`` / ``edge_ptr`` [n + 1];
+    vectors (composition, chgnet): ``x`` [n, F].
     """
     arrays: dict[str, np.ndarray] = {
         "ids": np.array([str(r.id) for r in results], dtype=str),
         "position": np.array([r.position for r in results], dtype=np.int64),
     }
-    if kind == "composition":
+    if kind in VECTOR_KINDS:
         width = len(results[0].vector) if results else 0  # type: ignore[arg-type]
         matrix = np.stack([r.vector for r in results]) if results else np.zeros((0, width), np.float32)
         arrays["x"] = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -90,6 +93,8 @@ def collate_results(results: Sequence[ItemResult], kind: str) -> dict[str, np.nd
     arrays["edge_index"] = cat([g.edge_index for g in graphs], (2, 0), np.int64, axis=1)
     arrays["edge_dist"] = cat([g.edge_dist for g in graphs], (0,), np.float32)
     arrays["edge_offset"] = cat([g.edge_offset for g in graphs], (0, 3), np.int64)
+    if graphs and all(g.edge_vec is not None for g in graphs):
+        arrays["edge_vec"] = cat([g.edge_vec for g in graphs], (0, 3), np.float32)  # type: ignore[misc]
     if graphs and graphs[0].x is not None:
         arrays["x"] = cat([g.x for g in graphs if g.x is not None], (0, 0), np.float32)
     return arrays
@@ -106,10 +111,12 @@ def merge_collated(parts: Sequence[dict[str, np.ndarray]], kind: str) -> dict[st
         "ids": np.concatenate([p["ids"] for p in filled]),
         "position": np.concatenate([p["position"] for p in filled]),
     }
-    if kind == "composition":
+    if kind in VECTOR_KINDS:
         merged["x"] = np.concatenate([p["x"] for p in filled])
         return merged
-    for name, axis in (("z", 0), ("edge_index", 1), ("edge_dist", 0), ("edge_offset", 0), ("x", 0)):
+    for name, axis in (
+        ("z", 0), ("edge_index", 1), ("edge_dist", 0), ("edge_offset", 0), ("edge_vec", 0), ("x", 0)
+    ):  # fmt: skip
         if name in filled[0]:
             merged[name] = np.ascontiguousarray(np.concatenate([p[name] for p in filled], axis=axis))
     for ptr in ("node_ptr", "edge_ptr"):
@@ -139,13 +146,14 @@ def resolve_jobs(jobs: int | None) -> int:
 
 def _prepare(featurizer: Featurizer, payload: Any) -> Any:
     """Parent-side reduction of one payload to what crosses the process boundary."""
-    if featurizer.kind == "graph":
-        from pymatgen.core import Structure
+    from pymatgen.core import Structure
 
+    if featurizer.kind == "graph":
         if isinstance(payload, Structure):
             return StructureArrays.from_structure(payload)
         return payload
-    from pymatgen.core import Structure
+    if featurizer.kind == "chgnet":
+        return payload  # CHGNet builds its own graph from the Structure
 
     return payload.composition if isinstance(payload, Structure) else payload
 
@@ -163,9 +171,42 @@ def featurize_one(featurizer: Featurizer, position: int, item_id: str, payload: 
     return ItemResult(position, item_id, vector=vector)
 
 
+def _run_batched(
+    featurizer: Featurizer, start: int, items: list[tuple[str, Any]]
+) -> tuple[list[ItemResult], list[ItemFailure]]:
+    """A featurizer with ``features_many`` (CHGNet) takes the whole chunk at once (batched network)."""
+    results: list[ItemResult] = []
+    failures: list[ItemFailure] = []
+    payloads = [payload for _, payload in items]
+    for offset, ((item_id, payload), out) in enumerate(
+        zip(items, featurizer.features_many(payloads), strict=True)
+    ):
+        if payload is None:
+            out = FeaturizationError("no structure")
+        if isinstance(out, Exception):
+            failures.append(ItemFailure(start + offset, item_id, str(out) or type(out).__name__))
+        else:
+            results.append(ItemResult(start + offset, item_id, vector=np.asarray(out, dtype=np.float32)))
+    return results, failures
+
+
 def _run_chunk(
     featurizer: Featurizer, start: int, items: list[tuple[str, Any]], collate: bool = False
 ) -> ChunkResult:
+    if hasattr(featurizer, "features_many"):
+        results, failures = _run_batched(featurizer, start, items)
+    else:
+        results, failures = _run_each(featurizer, start, items)
+    if collate:  # one set of arrays crosses the process boundary instead of one object per item
+        flags = {r.id: list(r.flags) for r in results if r.flags}
+        arrays = collate_results(results, featurizer.kind)
+        return ChunkResult(start, start + len(items), [], failures, arrays, flags)
+    return ChunkResult(start, start + len(items), results, failures)
+
+
+def _run_each(
+    featurizer: Featurizer, start: int, items: list[tuple[str, Any]]
+) -> tuple[list[ItemResult], list[ItemFailure]]:
     results: list[ItemResult] = []
     failures: list[ItemFailure] = []
     for offset, (item_id, payload) in enumerate(items):
@@ -177,11 +218,7 @@ def _run_chunk(
         except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, MemoryError) as error:
             # pymatgen / matminer raise plain exceptions on odd inputs: a per-item failure too
             failures.append(ItemFailure(position, item_id, f"{type(error).__name__}: {error}"))
-    if collate:  # one set of arrays crosses the process boundary instead of one object per item
-        flags = {r.id: list(r.flags) for r in results if r.flags}
-        arrays = collate_results(results, featurizer.kind)
-        return ChunkResult(start, start + len(items), [], failures, arrays, flags)
-    return ChunkResult(start, start + len(items), results, failures)
+    return results, failures
 
 
 def _chunks(
@@ -221,6 +258,8 @@ def _mp_context(kind: str) -> multiprocessing.context.BaseContext:
         preload = ["matcard.featurize.graph", "pymatgen.optimization.neighbors"]
         if kind == "composition":
             preload += ["matcard.featurize.composition", "matminer.featurizers.composition"]
+        if kind == "chgnet":
+            preload += ["matcard.featurize.chgnet"]
         context.set_forkserver_preload(preload)
         return context
     return multiprocessing.get_context("spawn")

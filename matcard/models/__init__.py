@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from matcard.errors import ConfigError
+from matcard.models.alignn import ALIGNN
 from matcard.models.cgcnn import CGCNN
 from matcard.models.mlp import CompositionMLP
 from matcard.models.schnet import SchNet
@@ -22,7 +23,7 @@ from matcard.models.schnet import SchNet
 class ModelSpec:
     name: str
     cls: type[nn.Module]
-    input_kind: str  # "graph" (periodic crystal graphs) or "composition" (descriptor vectors)
+    input_kind: str  # "graph" (periodic crystal graphs) or "vector" (composition or CHGNet features)
     description: str
 
 
@@ -31,7 +32,8 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("cgcnn", CGCNN, "graph", "crystal graph convolutions (CGConv), methods §7 defaults"),
         ModelSpec("schnet", SchNet, "graph", "SchNet continuous-filter convolutions on periodic graphs"),
-        ModelSpec("mlp", CompositionMLP, "composition", "MLP over composition descriptors"),
+        ModelSpec("alignn", ALIGNN, "graph", "ALIGNN-style: bond angles through the line graph, edge-gated"),
+        ModelSpec("mlp", CompositionMLP, "vector", "MLP over per-structure vectors (composition, chgnet)"),
     )
 }
 

@@ -167,6 +167,22 @@ def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
     return data, [str(f) for f in (getattr(data, "flags", None) or ())]
 
 
+def _featurize_batch(featurizer: Any, structures: Sequence[Any]) -> list[Any] | None:
+    """Featurizers with a batched path (CHGNet runs its network on many structures at once) featurize
+    the whole batch: per structure ``Data`` or the exception for it; None = featurize one by one."""
+    import warnings
+
+    many = getattr(featurizer, "featurize_many", None)
+    if many is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return list(many(structures))
+    except Exception:  # the batch itself broke: the per-item path isolates the culprit
+        return None
+
+
 def graph_flags(
     data: Any, n_atoms: int, cutoff: float | None, featurizer_flags: Sequence[str] | None = None
 ) -> list[str]:
@@ -218,10 +234,16 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
     for start in range(0, len(items), task.batch_size):
         batch = items[start : start + task.batch_size]
         ready: list[tuple[ShardItem, Any, list[str]]] = []
-        for item in batch:
+        batched = _featurize_batch(model.featurizer, [item.structure for item in batch])
+        for index, item in enumerate(batch):
             try:
                 flags = [*item.flags, *domain_flags(item.structure, task.domain)]
-                data, featurizer_flags = _featurize(model.featurizer, item.structure)
+                if batched is None:
+                    data, featurizer_flags = _featurize(model.featurizer, item.structure)
+                elif isinstance(batched[index], Exception):
+                    raise batched[index]
+                else:
+                    data, featurizer_flags = batched[index], []
                 for flag in graph_flags(data, len(item.structure), task.domain.cutoff, featurizer_flags):
                     if flag not in flags:
                         flags.append(flag)

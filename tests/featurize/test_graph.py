@@ -68,6 +68,20 @@ def test_contract_dtypes_and_shapes(small_fcc: Structure) -> None:
     assert atomic.node_dim == 0 and "x" not in atomic(small_fcc)
 
 
+def test_bond_vectors_point_to_the_stored_image_and_survive_the_store(triclinic: Structure, tmp_path) -> None:
+    from matcard.featurize import featurize_items
+
+    data = GraphFeaturizer()(triclinic)
+    assert data.edge_vec.dtype == torch.float32 and data.edge_vec.shape == (data.edge_index.shape[1], 3)
+    expected = edge_vectors(data, triclinic.lattice.matrix, triclinic.cart_coords)  # from offsets
+    np.testing.assert_allclose(data.edge_vec.numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(data.edge_vec.norm(dim=1).numpy(), data.edge_dist.numpy(), atol=1e-4)
+    items = [("a", triclinic), ("b", triclinic)]
+    report = featurize_items(items, "graph", out=tmp_path / "s", progress=False)
+    stored = report.store.load()[1]
+    assert torch.equal(stored.edge_vec, data.edge_vec)
+
+
 def test_supercell_gives_each_atom_the_primitive_neighbour_distances(mp20_items) -> None:
     featurizer = GraphFeaturizer()
     checked = 0

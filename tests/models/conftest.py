@@ -32,3 +32,17 @@ def _fast_cpu_math():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mp20_structures(shared_data):
+    """The first 8 real MP-20 structures (low-symmetry cells included), parsed with pymatgen."""
+    import warnings
+
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    table = pd.read_csv(shared_data / "mp20_biternary" / "val.csv.gz", nrows=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [Structure.from_str(cif, fmt="cif") for cif in table["cif"]]
