@@ -39,8 +39,26 @@ def _main(
             "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    cif_parser: Annotated[
+        str | None,
+        typer.Option(
+            "--cif-parser",
+            help="CIF reader: fast (gemmi, pymatgen for anything it does not reproduce exactly) or "
+            "pymatgen (the reference path). Default: MATCARD_CIF_PARSER, else fast.",
+        ),
+    ] = None,
 ) -> None:
     """matcard: find the minority class in crystal data."""
+    import os
+
+    from matcard.structures.fastcif import CIF_PARSER_ENV, resolve_cif_parser
+
+    if cif_parser is not None:
+        try:
+            # An environment variable reaches every parser process and the dataset cache alike.
+            os.environ[CIF_PARSER_ENV] = resolve_cif_parser(cif_parser)
+        except MatcardError as err:
+            raise fail(err) from err
 
 
 def fail(error: MatcardError) -> typer.Exit:
