@@ -14,7 +14,6 @@ The reference path can be forced with ``MATCARD_CIF_PARSER=pymatgen`` (or ``cif_
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import warnings
@@ -155,7 +154,8 @@ def _parse(text: str, site_tolerance: float) -> tuple[Structure, list[str]]:
     messages = []
     if n_rounded:  # the very message pymatgen records, so the flag is the same
         messages.append(
-            f"{n_rounded} fractional coordinates rounded to ideal values to avoid issues with finite precision."
+            f"{n_rounded} fractional coordinates rounded to ideal values to avoid issues with "
+            "finite precision."
         )
     return structure, messages
 
@@ -331,7 +331,9 @@ def _check_formula(pairs: dict[str, str], species: list[str]) -> None:
     """pymatgen compares the formula tag with the sites and warns on a mismatch: fall back if it would."""
     import gemmi
 
-    raw = next((pairs[k] for k in ("_chemical_formula_sum", "_chemical_formula_structural") if k in pairs), None)
+    raw = next(
+        (pairs[k] for k in ("_chemical_formula_sum", "_chemical_formula_structural") if k in pairs), None
+    )
     if raw is None:
         return  # pymatgen skips the stoichiometry check (a benign notice); the element check still runs
     formula = gemmi.cif.as_string(raw)

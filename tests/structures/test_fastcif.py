@@ -82,7 +82,9 @@ def test_mp20_sample_is_taken_fast_and_equals_pymatgen_in_site_order(shared_data
 
 
 def test_messy_cifs_fall_back_or_match(shared_data: Path) -> None:
-    outcomes = {p.name: _compare(p.read_text(errors="replace")) for p in (shared_data / "messy_cifs").glob("*cif")}
+    outcomes = {
+        p.name: _compare(p.read_text(errors="replace")) for p in (shared_data / "messy_cifs").glob("*cif")
+    }
     assert {name: problem for name, (_, problem) in outcomes.items() if problem} == {}
     for name in ("bad_occu.cif", "PF_sd_1601634.cif", "Mn3Ge_IR2.mcif", "nosymm.cif", "garnet.cif"):
         assert outcomes[name][0] == "fallback", name  # disorder, dropped sites, magnetic, no symmetry ops
@@ -172,7 +174,9 @@ def test_pymatgen_can_be_forced(shared_data: Path, monkeypatch: pytest.MonkeyPat
 
 def test_cli_cif_parser_option_is_checked(shared_data: Path) -> None:
     runner = CliRunner()
-    bad = runner.invoke(app, ["--cif-parser", "bogus", "inspect", str(shared_data / "messy_cifs" / "V2O3.cif")])
+    bad = runner.invoke(
+        app, ["--cif-parser", "bogus", "inspect", str(shared_data / "messy_cifs" / "V2O3.cif")]
+    )
     assert bad.exit_code == 2
     good = runner.invoke(
         app, ["--cif-parser", "pymatgen", "inspect", "--json", str(shared_data / "messy_cifs" / "V2O3.cif")]
@@ -186,7 +190,8 @@ def test_every_shared_cif_parses_the_same_fast_or_falls_back(shared_data: Path) 
     datasets = {
         "mp20_biternary": _csv_cifs(shared_data / "mp20_biternary" / "val.csv.gz")
         + _csv_cifs(shared_data / "mp20_biternary" / "test.csv.gz"),
-        "perov5": _csv_cifs(shared_data / "perov5" / "val.csv") + _csv_cifs(shared_data / "perov5" / "test.csv"),
+        "perov5": _csv_cifs(shared_data / "perov5" / "val.csv")
+        + _csv_cifs(shared_data / "perov5" / "test.csv"),
         "cgcnn_sample": _file_cifs(shared_data / "cgcnn_sample_classification"),
         "messy_cifs": _file_cifs(shared_data / "messy_cifs"),
     }
@@ -196,7 +201,9 @@ def test_every_shared_cif_parses_the_same_fast_or_falls_back(shared_data: Path) 
     with multiprocessing.get_context("fork").Pool(available_cpus()) as pool:
         for name, texts in datasets.items():
             outcomes = pool.map(_compare, texts, chunksize=64)
-            counts[name] = {kind: sum(k == kind for k, _ in outcomes) for kind in ("same", "same_unordered", "fallback")}
+            counts[name] = {
+                kind: sum(k == kind for k, _ in outcomes) for kind in ("same", "same_unordered", "fallback")
+            }
             problems += [f"{name}[{i}]: {p}" for i, (_, p) in enumerate(outcomes) if p]
     print(f"\nequivalence: {counts} in {time.perf_counter() - started:.0f} s")
     assert problems == []
