@@ -267,11 +267,23 @@ def _refuse_shared_positions(
     n = len(coords)
     if n < 2:
         return
-    images = np.einsum("oij,nj->oni", rotations, coords) + translations[:, None, :]  # [ops, n, 3]
+    if _is_identity_only(rotations, translations):  # P1: a plain pairwise test
+        images = coords[None]
+    else:
+        images = np.einsum("oij,nj->oni", rotations, coords) + translations[:, None, :]  # [ops, n, 3]
     close = _pbc_close(images[:, :, None, :], coords[None, None, :, :], atol)  # [ops, n(new), n(old)]
-    rows, cols = np.tril_indices(n, k=-1)
+    rows, cols = _lower_triangle(n)
     if close[:, rows, cols].any():
         raise _Fallback
+
+
+def _is_identity_only(rotations: np.ndarray, translations: np.ndarray) -> bool:
+    return len(rotations) == 1 and not translations[0].any() and bool((rotations[0] == np.eye(3)).all())
+
+
+@lru_cache(maxsize=512)
+def _lower_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tril_indices(n, k=-1)
 
 
 @lru_cache(maxsize=1024)
@@ -291,7 +303,10 @@ def _expand(
     atol: float,
 ) -> tuple[list[str], np.ndarray, list[str]]:
     """Symmetry-expanded sites in pymatgen's order: species groups, then each site's images, deduplicated."""
-    images = np.einsum("oij,nj->noi", rotations, coords) + translations[None, :, :]  # [n, ops, 3]
+    if _is_identity_only(rotations, translations):
+        images = coords[:, None, :]  # x -> x: only the wrap below (exactly what the operation gives)
+    else:
+        images = np.einsum("oij,nj->noi", rotations, coords) + translations[None, :, :]  # [n, ops, 3]
     images = images - np.floor(images)
     species: list[str] = []
     frac: list[np.ndarray] = []
