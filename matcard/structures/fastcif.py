@@ -230,14 +230,18 @@ def _symmetry_operations(xyz: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return affine[:, :3, :3].copy(), affine[:, :3, 3].copy()
 
 
-def _asymmetric_sites(columns: dict[str, list[str]]) -> tuple[list[str], list[str], np.ndarray, int]:
-    """Symbols, labels, coordinates (rounded as pymatgen's sanitiser rounds them) and the rounded count."""
+@lru_cache(maxsize=512)
+def _plain_element(symbol: str) -> bool:
     from pymatgen.core import Element
 
+    return bool(_ELEMENT_FORM.fullmatch(symbol)) and Element.is_valid_symbol(symbol)
+
+
+def _asymmetric_sites(columns: dict[str, list[str]]) -> tuple[list[str], list[str], np.ndarray, int]:
+    """Symbols, labels, coordinates (rounded as pymatgen's sanitiser rounds them) and the rounded count."""
     symbols = columns["_atom_site_type_symbol"]
-    for symbol in symbols:
-        if not _ELEMENT_FORM.fullmatch(symbol) or not Element.is_valid_symbol(symbol):
-            raise _Fallback  # pymatgen would reinterpret the symbol (and warn)
+    if not all(map(_plain_element, symbols)):
+        raise _Fallback  # pymatgen would reinterpret the symbol (and warn)
     occupancies = columns.get("_atom_site_occupancy")
     if occupancies is not None and any(_str2float(v) != 1.0 for v in occupancies):
         raise _Fallback  # partial occupancy, or an unreadable one pymatgen would take as 1
@@ -308,22 +312,24 @@ def _expand(
     else:
         images = np.einsum("oij,nj->noi", rotations, coords) + translations[None, :, :]  # [n, ops, 3]
     images = images - np.floor(images)
+    order = _species_order(frozenset(symbols))
+    if len(rotations) == 1:  # one image per site, all distinct: a stable sort by species group
+        rank = {symbol: i for i, symbol in enumerate(order)}
+        index = sorted(range(len(symbols)), key=lambda i: rank[symbols[i]])
+        return [symbols[i] for i in index], images[index, 0], [labels[i] for i in index]
     species: list[str] = []
     frac: list[np.ndarray] = []
     out_labels: list[str] = []
-    for symbol in _species_order(frozenset(symbols)):
+    for symbol in order:
         members = [i for i, s in enumerate(symbols) if s == symbol]
         candidates = images[members].reshape(-1, 3)
         owners = np.repeat(members, len(rotations))
-        if len(rotations) == 1:
-            kept = np.arange(len(candidates))  # P1: the listed sites are already distinct
-        else:
-            close = _pbc_close(candidates[:, None, :], candidates[None, :, :], atol)
-            accepted: list[int] = []
-            for index in range(len(candidates)):
-                if not accepted or not close[index, accepted].any():
-                    accepted.append(index)
-            kept = np.array(accepted)
+        close = _pbc_close(candidates[:, None, :], candidates[None, :, :], atol)
+        accepted: list[int] = []
+        for index in range(len(candidates)):  # pymatgen's greedy order: first image kept
+            if not accepted or not close[index, accepted].any():
+                accepted.append(index)
+        kept = np.array(accepted)
         species.extend([symbol] * len(kept))
         frac.append(candidates[kept])
         out_labels.extend(labels[owners[k]] for k in kept)
