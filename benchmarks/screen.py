@@ -39,9 +39,19 @@ ACCEPT_RSS_GROWTH_MB = 200.0  # full screen vs a tenth of it
 # --------------------------------------------------------------------------- child measurements
 
 
+def _warm_imports() -> None:
+    """Import the parsers before the clock starts: the rates are steady-state, not interpreter start-up
+    (pymatgen's import alone is a second or two, a large share of a --limit run on the fast path)."""
+    import gemmi  # noqa: F401
+    import pymatgen.core
+    import pymatgen.io.cif
+    import pymatgen.io.vasp  # noqa: F401
+
+
 def _child_parse(inputs: list[str]) -> dict[str, Any]:
     from matcard.structures import iter_structures
 
+    _warm_imports()
     started = time.perf_counter()
     n_records = n_failures = 0
     for item in iter_structures(*inputs):
@@ -58,6 +68,7 @@ def _child_screen(inputs: list[str], model_path: str, out: str, workers: int) ->
     from matcard.screening import screen
 
     model = load_model(model_path)
+    _warm_imports()
     started = time.perf_counter()
     result = screen(model, inputs, out, workers=workers, overwrite=True, progress=False)
     seconds = time.perf_counter() - started
