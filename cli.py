@@ -39,8 +39,26 @@ def _main(
             "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    cif_parser: Annotated[
+        str | None,
+        typer.Option(
+            "--cif-parser",
+            help="CIF reader: fast (gemmi, pymatgen for anything it does not reproduce exactly) or "
+            "pymatgen (the reference path). Default: MATCARD_CIF_PARSER, else fast.",
+        ),
+    ] = None,
 ) -> None:
     """matcard: find the minority class in crystal data."""
+    import os
+
+    from matcard.structures.fastcif import CIF_PARSER_ENV, resolve_cif_parser
+
+    if cif_parser is not None:
+        try:
+            # An environment variable reaches every parser process and the dataset cache alike.
+            os.environ[CIF_PARSER_ENV] = resolve_cif_parser(cif_parser)
+        except MatcardError as err:
+            raise fail(err) from err
 
 
 def fail(error: MatcardError) -> typer.Exit:
@@ -96,7 +114,7 @@ def datasets_command(
             row["licence"],
             row["cached"],
         )
-    console.print(table)
+    print_wide(table)
 
 
 @app.command("download")
@@ -136,7 +154,7 @@ def download_command(
         for spec in specs:
             if spec.embedded or spec.live:
                 kind = "embedded in pymatgen" if spec.embedded else "queried live: inspect it with --query"
-                console.print(f"{spec.name}: nothing to download ({kind})")
+                print_wide(f"{spec.name}: nothing to download ({kind})")
                 continue
             for item in download_files(spec, root=dest, mirror=mirror, force=force):
                 size = _human_bytes(item.path.stat().st_size)
@@ -151,7 +169,7 @@ def download_command(
     if table.row_count:
         print_wide(table, 120)
         fetched = len(statuses) - statuses.count("cached")
-        console.print(
+        print_wide(
             f"[green]all checksums verified[/]: {fetched} downloaded, {statuses.count('cached')} already "
             f"cached; cache: {escape(root)}"
         )
@@ -237,7 +255,7 @@ def inspect_command(
         overview.add_row("task", escape(summary["task"]))
         ratio = summary["imbalance_ratio"]
         overview.add_row("imbalance ratio", "-" if ratio is None else f"{ratio:.2f} : 1")
-    console.print(overview)
+    print_wide(overview)
     if summary["class_counts"]:
         counts = Table(title=f"class counts ({escape(summary['task'])})")
         counts.add_column("class")
@@ -246,7 +264,7 @@ def inspect_command(
         total = sum(summary["class_counts"].values()) or 1
         for name, count in summary["class_counts"].items():
             counts.add_row(escape(name), f"{count:,}", f"{100 * count / total:.1f} %")
-        console.print(counts)
+        print_wide(counts)
     if summary["failures"] or summary["skipped"]:
         problems = Table(title="not read")
         problems.add_column("source", overflow="fold")
@@ -258,7 +276,7 @@ def inspect_command(
         extra = len(summary["failures"]) - 50
         if extra > 0:
             problems.add_row("…", f"{extra} more failures (use --json for all)")
-        console.print(problems)
+        print_wide(problems)
     if nothing:
         console.print(f"[bold red]error:[/] no structures could be read from {escape(source)}")
         raise typer.Exit(code=1)
@@ -399,7 +417,7 @@ def featurize_command(
             failures.add_row(*map(escape, row))
         if len(rows_failed) > 20:
             failures.add_row("…", f"{len(rows_failed) - 20} more", "see --json / manifest.json")
-        console.print(failures)
+        print_wide(failures)
     table = Table(title=f"featurized {escape(getattr(dataset, 'name', source))} ({summary['kind']})")
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
@@ -429,7 +447,7 @@ def featurize_command(
         rows.append((f"class {name}", f"{count:,}"))
     for name, value in rows:
         table.add_row(escape(name), escape(value))
-    console.print(table)
+    print_wide(table)
     if not summary["count"]:
         console.print(f"[bold red]error:[/] nothing could be featurized from {escape(source)}")
         raise typer.Exit(code=1)
@@ -523,10 +541,11 @@ def reproduce_synthetic(
         paired = row.get("macro_f1_vs_ce")
         cells.append("" if paired is None else f"{paired:+.3f} ± {row['macro_f1_vs_ce_std']:.3f}")
         table.add_row(row["loss"], row["protocol"], *cells, str(row["n_seeds"]))
-    print_wide(table, 140)
-    console.print(
+    print_wide(table, 140, err=json_output)
+    print_wide(
         f"{result.elapsed_s:.0f} s ({result.reused_jobs} finished runs reused); "
-        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}"
+        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}",
+        err=json_output,
     )
     if json_output:
         typer.echo(json.dumps(reproduce.summary_for_json(result.summary), indent=2))
@@ -686,15 +705,15 @@ def train_command(
     for table in _metrics_tables(test, "test metrics (argmax)") + _decision_tables(
         result.metrics.get("decision"), "test"
     ):
-        console.print(table)
+        print_wide(table)
     meta = result.metrics.get("meta", {})
-    console.print(
+    print_wide(
         f"best epoch {meta.get('best_epoch')} of {meta.get('epochs_run')} (selected on validation macro-F1); "
         f"val macro-F1 {result.metrics['val']['macro_f1'] or 0:.4f}"
         + (f"; {len(result.failures)} item(s) skipped, see failures.csv" if result.failures else "")
     )
     run_dir = escape(result.run_dir)
-    console.print(f"run directory: [bold]{run_dir}[/]  (model: {escape(result.run_dir / 'model')})")
+    print_wide(f"run directory: [bold]{run_dir}[/]  (model: {escape(result.run_dir / 'model')})")
     if result.metrics.get("collapsed"):
         from matcard.collapse import CollapseReport, warning_text
 
@@ -734,7 +753,7 @@ def evaluate_command(
     for table in _metrics_tables(result["metrics"], title) + _decision_tables(
         {**decision, result["split"]: decision}, result["split"]
     ):
-        console.print(table)
+        print_wide(table)
     if not decision.get("decision_layer", True):
         console.print("[yellow]no decision layer in this model:[/] argmax only (matcard calibrate fits one)")
 
@@ -761,11 +780,12 @@ def calibrate_command(
         block = calibrate_run(run, objective=objective, alpha=alpha, progress=not quiet)
     except MatcardError as err:
         raise fail(err) from None
-    for table in _decision_tables(block, "test"):
-        console.print(table)
     console.print(f"rewrote the decision layer of {escape(run)}/model and metrics.json")
     if json_output:
         typer.echo(json.dumps(block, indent=2))
+        return
+    for table in _decision_tables(block, "test"):
+        print_wide(table)
 
 
 def _is_run_dataset(run_or_model: str, dataset: str) -> bool:
@@ -850,7 +870,7 @@ def screen_command(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished shards are saved; rerun with --resume to continue")
         raise typer.Exit(code=130) from None
-    console.print(summary_table(result))
+    print_wide(summary_table(result), err=json_output)
     if json_output:
         import json
 
@@ -944,12 +964,13 @@ def benchmark_command(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished cells are kept; rerun the same command to continue")
         raise typer.Exit(code=130) from None
-    print_wide(benchmark.rich_table(result), 170)
+    print_wide(benchmark.rich_table(result), 170, err=json_output)
     for line in benchmark.study_description(result):
-        console.print(f"  {escape(line)}")
-    console.print(
+        print_wide(f"  {escape(line)}", err=json_output)
+    print_wide(
         f"{result.trained_cells} cells trained, {result.reused_cells} reused, {result.elapsed_s:.0f} s; "
-        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}"
+        f"wrote {escape(', '.join(str(path) for path in result.files.values()))}",
+        err=json_output,
     )
     if json_output:
         typer.echo(json.dumps(benchmark.summary_for_json(result), indent=2))

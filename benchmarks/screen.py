@@ -1,7 +1,7 @@
 """Screening benchmark: end-to-end structures/s on mp20-biternary beside the CIF-parse-only floor,
 and peak RSS when screening all 14,258 structures against a tenth of them (memory must stay flat).
 
-    python benchmarks/screen.py [--model RUN/model] [--limit N] [--workers W] [--json]
+    python benchmarks/screen.py [--model RUN/model] [--limit N] [--workers W] [--parser both] [--json]
 
 The mp20-biternary CSV files (CIF strings) come through the dataset registry's downloader, so
 ``MATCARD_MIRROR`` is honoured. Every measurement runs in a fresh Python process; its peak RSS is
@@ -11,6 +11,9 @@ read from the kernel (``wait4``: the largest of that process and the reader proc
   floor: a screen must parse every CIF too).
 * end-to-end: ``matcard.screening.screen`` over the same CSVs into a Parquet file: parse,
   featurize with the bundle's featurizer, predict, flag, write shards, merge.
+
+``--parser both`` (default) measures the fast CIF path (gemmi, pymatgen fallback) and the pymatgen
+reference path in the same run, through ``MATCARD_CIF_PARSER``, and prints their ratios.
 
 Without ``--model`` the model is a CGCNN with the training defaults and seeded weights, saved and
 reloaded as a real bundle: inference costs the same as for a trained model of that architecture.
@@ -36,9 +39,19 @@ ACCEPT_RSS_GROWTH_MB = 200.0  # full screen vs a tenth of it
 # --------------------------------------------------------------------------- child measurements
 
 
+def _warm_imports() -> None:
+    """Import the parsers before the clock starts: the rates are steady-state, not interpreter start-up
+    (pymatgen's import alone is a second or two, a large share of a --limit run on the fast path)."""
+    import gemmi  # noqa: F401
+    import pymatgen.core
+    import pymatgen.io.cif
+    import pymatgen.io.vasp  # noqa: F401
+
+
 def _child_parse(inputs: list[str]) -> dict[str, Any]:
     from matcard.structures import iter_structures
 
+    _warm_imports()
     started = time.perf_counter()
     n_records = n_failures = 0
     for item in iter_structures(*inputs):
@@ -55,19 +68,21 @@ def _child_screen(inputs: list[str], model_path: str, out: str, workers: int) ->
     from matcard.screening import screen
 
     model = load_model(model_path)
+    _warm_imports()
     started = time.perf_counter()
     result = screen(model, inputs, out, workers=workers, overwrite=True, progress=False)
     seconds = time.perf_counter() - started
     return {"n": result.n_predicted + result.n_failed, "n_failed": result.n_failed, "seconds": seconds}
 
 
-def _run_child(args: list[str]) -> dict[str, Any]:
+def _run_child(args: list[str], parser: str) -> dict[str, Any]:
     """Run this script as a child measurement; return its JSON plus its peak RSS in MB."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--child", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "MATCARD_CIF_PARSER": parser},
     )
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -146,6 +161,9 @@ def main() -> None:
     parser.add_argument("--model", help="model bundle or run directory (default: seeded default CGCNN)")
     parser.add_argument("--limit", type=int, default=None, help="screen only the first N structures")
     parser.add_argument("--workers", type=int, default=1, help="screen --workers (local processes)")
+    parser.add_argument(
+        "--parser", choices=("both", "fast", "pymatgen"), default="both", help="CIF parser(s) to measure"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,27 +186,50 @@ def main() -> None:
         model_path = Path(args.model) if args.model else _seeded_model(directory)
         model_label = str(args.model) if args.model else "seeded CGCNN (training defaults)"
 
-        console.print(f"[bold]parse-only[/] over {', '.join(p.name for p in inputs)} ...")
-        parse = _run_child(["parse", *map(str, inputs)])
-        n_total = parse["n"]
-        small_n = max(1, round(n_total / 10))
-        small_input = _head_csv(files, small_n, directory)
-        console.print(f"[bold]end-to-end[/] screen of {n_total:,} structures ...")
-        full = _run_child(
-            ["screen", str(model_path), str(directory / "full.parquet"), str(args.workers), *map(str, inputs)]
+        reports = [
+            _measure(parser, inputs, files, directory, model_path, args.workers)
+            for parser in (("fast", "pymatgen") if args.parser == "both" else (args.parser,))
+        ]
+    for report in reports:
+        report.update(dataset="mp20-biternary", model=model_label, workers=args.workers)
+        _print_table(report)
+    combined: dict[str, Any] = {"runs": reports}
+    if len(reports) == 2:
+        fast, ref = reports
+        combined["parse_speedup"] = round(fast["parse_only_per_s"] / ref["parse_only_per_s"], 2)
+        combined["end_to_end_speedup"] = round(fast["end_to_end_per_s"] / ref["end_to_end_per_s"], 2)
+        console.print(
+            f"fast / pymatgen: parse-only {combined['parse_speedup']:.2f}x, "
+            f"end-to-end {combined['end_to_end_speedup']:.2f}x"
         )
-        console.print(f"[bold]end-to-end[/] screen of {small_n:,} structures (memory comparison) ...")
-        small = _run_child(
-            ["screen", str(model_path), str(directory / "small.parquet"), str(args.workers), str(small_input)]
-        )
+    if args.json:
+        print(json.dumps(combined if len(reports) == 2 else reports[0], indent=2))
 
+
+def _measure(
+    parser: str, inputs: list[Path], files: list[Path], directory: Path, model_path: Path, workers: int
+) -> dict[str, Any]:
+    """Parse-only, full screen and a tenth-size screen (memory) with one CIF parser."""
+    from matcard.console import console
+
+    console.print(f"[bold]{parser}: parse-only[/] over {', '.join(p.name for p in inputs)} ...")
+    parse = _run_child(["parse", *map(str, inputs)], parser)
+    n_total = parse["n"]
+    small_n = max(1, round(n_total / 10))
+    small_input = _head_csv(files, small_n, directory)
+    console.print(f"[bold]{parser}: end-to-end[/] screen of {n_total:,} structures ...")
+    full = _run_child(
+        ["screen", str(model_path), str(directory / "full.parquet"), str(workers), *map(str, inputs)], parser
+    )
+    console.print(f"[bold]{parser}: end-to-end[/] screen of {small_n:,} structures (memory comparison) ...")
+    small = _run_child(
+        ["screen", str(model_path), str(directory / "small.parquet"), str(workers), str(small_input)], parser
+    )
     parse_rate = parse["n"] / parse["seconds"]
     e2e_rate = full["n"] / full["seconds"]
     growth = full["peak_rss_mb"] - small["peak_rss_mb"]
-    report = {
-        "dataset": "mp20-biternary",
-        "model": model_label,
-        "workers": args.workers,
+    return {
+        "parser": parser,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "n_structures": n_total,
         "n_failed": full["n_failed"],
@@ -205,9 +246,6 @@ def main() -> None:
         "rss_ok": growth < ACCEPT_RSS_GROWTH_MB,
         "peak_rss_mb_parse_only": round(parse["peak_rss_mb"], 1),
     }
-    _print_table(report)
-    if args.json:
-        print(json.dumps(report, indent=2))
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -216,7 +254,8 @@ def _print_table(report: dict[str, Any]) -> None:
     from matcard.console import console
 
     table = Table(
-        title=f"screening benchmark: {report['dataset']} ({report['model']}, workers={report['workers']})"
+        title=f"screening benchmark: {report['dataset']} ({report['model']}, workers={report['workers']}, "
+        f"CIF parser {report['parser']})"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")

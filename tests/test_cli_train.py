@@ -44,7 +44,8 @@ def _epochs(run_dir: Path) -> list[int]:
 
 def test_train_ends_with_test_metrics_and_per_class_recall(cli_run):
     run_dir, result = cli_run
-    assert result.stdout == ""  # tables and progress go to stderr
+    assert "test metrics" in result.stdout  # results on stdout; progress and notices on stderr
+    assert "test metrics" not in result.stderr
     for text in (
         "test metrics",
         "balanced_accuracy",
@@ -110,7 +111,7 @@ def test_two_process_ddp_on_cpu_yields_a_loadable_bundle(env, tmp_path):
     command += ["--out", str(run_dir), *FAST]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout == ""
+    assert done.stdout.count("test metrics") == 1  # rank 0 alone reports
     import matcard
 
     model = matcard.load_model(run_dir)

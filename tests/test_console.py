@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from rich.table import Table
 from typer.testing import CliRunner
 
 from cli import app
-from matcard.console import escape
+from matcard.console import escape, make_progress, print_wide
 
 runner = CliRunner()
 # A real pymatgen message for a nearly flat cell (bad_superflat_inf_loop.cif) and a CIF value.
@@ -90,3 +94,78 @@ def test_train_with_markup_in_paths_and_files_finishes(markup_folder: Path, tmp_
     assert "run[/b]" in _normalise(result.output)
     failures = (out / "failures.csv").read_text()
     assert "bad[red].cif" in failures and "[/b]" in failures
+
+
+# --- output that fits the shell: results on stdout, progress and notices on stderr ---------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args], capture_output=True, text=True, timeout=300, **kwargs
+    )  # type: ignore[call-overload]
+
+
+def test_datasets_table_is_on_stdout_whole_for_grep() -> None:
+    listing = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "datasets"], stdout=subprocess.PIPE)
+    found = subprocess.run(["grep", "aflow-prototypes"], stdin=listing.stdout, capture_output=True, text=True)
+    assert listing.wait(timeout=120) == 0
+    assert found.returncode == 0 and "aflow-prototypes" in found.stdout
+    rows = json.loads(_cli("datasets", "--json").stdout)
+    text = _cli("datasets").stdout
+    for row in rows:  # no cell folded mid-word at 80 columns: every task list is on the name's line
+        line = next(line for line in text.splitlines() if f" {row['name']} " in line)
+        assert ", ".join(row["tasks"]) in line and row["kind"] in line
+
+
+def test_inspect_redirected_to_a_file_holds_the_table(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    folder = shared_data / "cgcnn_sample_classification"
+    with out.open("w") as handle:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), "inspect", str(folder)],
+            stdout=handle,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr
+    table = out.read_text()
+    assert "inspect" in table and "structures" in table and "10" in table
+    assert "structures" not in done.stderr
+
+
+def test_json_stays_pure_with_plain_progress_lines_on_stderr(shared_data: Path) -> None:
+    env = {**os.environ, "MATCARD_PROGRESS_INTERVAL": "0.05", "MATCARD_CIF_PARSER": "pymatgen"}
+    done = _cli("inspect", str(shared_data / "messy_cifs"), "--json", "--workers", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # nothing but the JSON document
+    assert summary["n_rows"] > 0
+    assert re.search(r"Reading structures: [\d,]+.*s elapsed", done.stderr)  # a log is not left empty
+
+
+def test_progress_writes_plain_lines_without_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MATCARD_PROGRESS_INTERVAL", "0.05")
+    with make_progress() as bar:
+        task = bar.add_task("Counting", total=8)
+        for _ in range(8):
+            time.sleep(0.06)
+            bar.advance(task)
+    captured = capsys.readouterr()
+    assert re.search(r"Counting: \d/8 \(\d+ %\), \d+ s elapsed", captured.err)
+    assert captured.out == ""
+
+
+def test_print_wide_uses_the_width_a_table_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    table = Table(title="wide")
+    for name in ("name", "tasks"):
+        table.add_column(name, overflow="fold")
+    long_cell = ", ".join(f"task_number_{i}" for i in range(20))
+    table.add_row("structures", long_cell)
+    print_wide(table)
+    out = capsys.readouterr().out
+    assert any("structures" in line and long_cell in line for line in out.splitlines())
+    print_wide("a summary line " * 12, err=True)
+    assert ("a summary line " * 12).strip() in capsys.readouterr().err

@@ -58,6 +58,7 @@ from matcard.structures.cif import (
     _parse_cif_text,
     classify_warnings,
 )
+from matcard.structures.fastcif import CIF_PARSER_ENV, CIF_PARSERS, parse_cif_fast, resolve_cif_parser
 from matcard.structures.formats import (
     AUXILIARY_FILE_NAMES,
     CIF_SUFFIXES,
@@ -144,6 +145,7 @@ def iter_structures(
     occupancy_tolerance: float = 1.0,
     progress: bool = False,
     include_skipped: bool = False,
+    cif_parser: str | None = None,
 ) -> Iterator[StructureRecord | ReadFailure]:
     """Stream records and failures from ``sources`` in input order (see module docstring).
 
@@ -158,7 +160,9 @@ def iter_structures(
         raise UsageError(f"timeout must be positive, got {timeout}")
     if workers is not None and workers < 0:
         raise UsageError(f"workers must be >= 0, got {workers}")
-    options = _Options(disorder=disorder, occupancy_tolerance=occupancy_tolerance)
+    options = _Options(
+        disorder=disorder, occupancy_tolerance=occupancy_tolerance, cif_parser=resolve_cif_parser(cif_parser)
+    )
     table_options = {"cif_column": cif_column, "id_column": id_column, "label_column": label_column}
     entries = _source_entries(sources, table_options, recursive)
     ordered = _ordered(
@@ -194,6 +198,7 @@ def read_structures(
     label_column: str | None = None,
     occupancy_tolerance: float = 1.0,
     progress: bool = False,
+    cif_parser: str | None = None,
 ) -> ReadResult:
     """Read every structure in ``sources`` (files, folders, globs, Structure/Atoms objects).
 
@@ -214,6 +219,7 @@ def read_structures(
         occupancy_tolerance=occupancy_tolerance,
         progress=progress,
         include_skipped=True,
+        cif_parser=cif_parser,
     ):
         if isinstance(outcome, StructureRecord):
             records.append(outcome)
@@ -234,6 +240,7 @@ def parse_cif_strings(
     progress: bool = False,
     description: str = "Parsing CIFs",
     source_prefix: str = "cif",
+    cif_parser: str | None = None,
 ) -> list[StructureRecord | ReadFailure]:
     """Parse CIF strings (e.g. a dataset's CIF column), one outcome per string, in order.
 
@@ -244,7 +251,7 @@ def parse_cif_strings(
         _Item(kind="cif_text", source=f"{source_prefix}#{item_id}", text=text, id=item_id)
         for text, item_id in zip(texts, ids, strict=True)
     ]
-    options = _Options(disorder=disorder)
+    options = _Options(disorder=disorder, cif_parser=resolve_cif_parser(cif_parser))
     out: list[StructureRecord | ReadFailure] = []
     for _, outcomes in parse_items(
         items, options=options, timeout=timeout, workers=workers, progress=progress, description=description
@@ -254,6 +261,8 @@ def parse_cif_strings(
 
 
 __all__ = [
+    "CIF_PARSERS",
+    "CIF_PARSER_ENV",
     "DISORDER_POLICIES",
     "ReadFailure",
     "ReadResult",
@@ -263,8 +272,10 @@ __all__ = [
     "classify_warnings",
     "detect_format",
     "iter_structures",
+    "parse_cif_fast",
     "parse_cif_strings",
     "plain_reason",
     "read_label_file",
     "read_structures",
+    "resolve_cif_parser",
 ]

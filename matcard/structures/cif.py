@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from matcard.structures.checks import _finish
+from matcard.structures.fastcif import parse_cif_fast
 from matcard.structures.reasons import plain_reason
 from matcard.structures.records import Outcome, ReadFailure, _Options
 
@@ -107,12 +108,19 @@ def _parse_cif_text(
         flags, kept = classify_warnings(messages)
         return structures[0], flags, kept
 
+    def parse_single(cif_text: str) -> tuple[Structure, tuple[str, ...], tuple[str, ...]]:
+        if options.cif_parser == "fast":  # gemmi, when it reproduces pymatgen exactly (else None)
+            fast = parse_cif_fast(cif_text, site_tolerance=options.site_tolerance)
+            if fast is not None:
+                return (fast[0], *classify_warnings(fast[1]))
+        return parse_one(cif_text)
+
     encoding_flags = tuple(f.split(" ", 1)[0] for f in extra_flags)
     encoding_messages = tuple(f for f in extra_flags if " " in f)
     if len(_DATA_BLOCK.findall(text)) == 1 and re.search(r"_atom_site_(fract|cartn)_x", text, re.I):
-        # Fast path (e.g. a CSV's CIF column): one block with atoms, parsed once.
+        # Single-block shortcut (e.g. a CSV's CIF column): one block with atoms, parsed once.
         try:
-            structure, flags, messages = parse_one(text)
+            structure, flags, messages = parse_single(text)
         except Exception as err:
             return [ReadFailure(source, *plain_reason(err))]
         flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)

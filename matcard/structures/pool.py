@@ -41,6 +41,7 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     """Fork where available: a new worker (also the replacement of a killed one) costs a fork, not an
     interpreter start, and scripts without a ``__main__`` guard still work (forkserver and spawn
     re-import the main module). The parser modules are imported first so children inherit them."""
+    import gemmi  # noqa: F401  (the fast CIF path's reader, inherited by the children)
     import pymatgen.io.cif
     import pymatgen.io.vasp  # noqa: F401
 

@@ -89,6 +89,7 @@ class _Options:
     disorder: str = "skip"
     occupancy_tolerance: float = 1.0
     site_tolerance: float = 1e-4
+    cif_parser: str = "fast"  # "fast" (gemmi, pymatgen fallback) | "pymatgen" (the reference path)
 
 
 Outcome = StructureRecord | ReadFailure

@@ -1,0 +1,422 @@
+"""Fast CIF path: gemmi reads the text, NumPy expands the symmetry, pymatgen builds the Structure.
+
+``parse_cif_fast(text)`` returns the ``Structure`` pymatgen's ``CifParser(...).parse_structures(
+primitive=False)`` would return (same lattice, species, fractional coordinates, labels and site order)
+plus the parser warnings pymatgen would record, or ``None`` when the file is outside what this path
+reproduces exactly. The caller then parses with pymatgen, so flags and failures never depend on the
+path taken. Accepted: one data block whose tags are all in a known list (no magnetic, oxidation-state,
+attached-hydrogen or other tags pymatgen acts on), explicit symmetry operations in a loop, plain
+element type symbols, every occupancy exactly 1, no two sites on one position, a cell thicker than
+pymatgen's 0.01 Å guard, and a formula tag that agrees with the sites. Everything else falls back.
+
+The reference path can be forced with ``MATCARD_CIF_PARSER=pymatgen`` (or ``cif_parser="pymatgen"``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from matcard.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+CIF_PARSERS: tuple[str, ...] = ("fast", "pymatgen")
+CIF_PARSER_ENV = "MATCARD_CIF_PARSER"
+
+# Tags pymatgen reads (or ignores) without changing the structure or warning; anything else falls back.
+_PAIR_TAGS = frozenset(
+    {
+        "_symmetry_space_group_name_H-M",
+        "_symmetry_space_group_name_Hall",
+        "_space_group_name_H-M_alt",
+        "_space_group_name_Hall",
+        "_symmetry_Int_Tables_number",
+        "_space_group_IT_number",
+        "_symmetry_cell_setting",
+        "_space_group_crystal_system",
+        "_cell_length_a",
+        "_cell_length_b",
+        "_cell_length_c",
+        "_cell_angle_alpha",
+        "_cell_angle_beta",
+        "_cell_angle_gamma",
+        "_cell_volume",
+        "_cell_formula_units_Z",
+        "_chemical_formula_structural",
+        "_chemical_formula_sum",
+        "_chemical_formula_weight",
+        "_chemical_name_systematic",
+        "_chemical_name_common",
+        "_chemical_name_mineral",
+        "_chemical_name_structure_type",
+    }
+)
+# Bibliographic and experimental metadata: text pymatgen never looks at.
+_METADATA_PREFIXES = (
+    "_journal_",
+    "_publ_",
+    "_audit_",
+    "_database_",
+    "_citation_",
+    "_computing_",
+    "_refine_",
+    "_diffrn_",
+    "_exptl_",
+    "_cod_",
+    "_cell_measurement_",
+)
+_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
+_SYMOP_LOOP_TAGS = frozenset({*_SYMOP_TAGS, "_symmetry_equiv_pos_site_id", "_space_group_symop_id"})
+_REQUIRED_SITE_TAGS = (
+    "_atom_site_label",
+    "_atom_site_type_symbol",
+    "_atom_site_fract_x",
+    "_atom_site_fract_y",
+    "_atom_site_fract_z",
+)
+_SITE_TAGS = frozenset(
+    {
+        *_REQUIRED_SITE_TAGS,
+        "_atom_site_occupancy",
+        "_atom_site_symmetry_multiplicity",
+        "_atom_site_Wyckoff_symbol",
+        "_atom_site_U_iso_or_equiv",
+        "_atom_site_B_iso_or_equiv",
+        "_atom_site_adp_type",
+        "_atom_site_calc_flag",
+        "_atom_site_thermal_displace_type",
+    }
+)
+_ELEMENT_FORM = re.compile(r"[A-Z][a-z]?")
+_UNCERTAINTY = re.compile(r"\(.+\)*")  # the same pattern pymatgen's str2float strips
+_IDEAL_FRACS = (1 / 3, 2 / 3)
+_FRAC_TOLERANCE = 1e-4  # CifParser's default frac_tolerance
+_MIN_THICKNESS = 0.01  # Å, CifParser's guard against flat cells
+_COMP_TOL = 0.01  # CifParser's default stoichiometry tolerance
+
+
+class _Fallback(Exception):
+    """The file is outside what the fast path reproduces exactly."""
+
+
+def resolve_cif_parser(value: str | None = None) -> str:
+    """``value``, else ``MATCARD_CIF_PARSER``, else "fast"; anything else is a UsageError."""
+    chosen = (value or os.environ.get(CIF_PARSER_ENV) or "fast").strip().lower()
+    if chosen not in CIF_PARSERS:
+        raise UsageError(f"CIF parser must be one of {', '.join(CIF_PARSERS)}, got {chosen!r}")
+    return chosen
+
+
+def parse_cif_fast(text: str, *, site_tolerance: float = 1e-4) -> tuple[Structure, list[str]] | None:
+    """(structure, pymatgen's parser warnings) for a CIF this path reproduces exactly, else None."""
+    try:
+        return _parse(text, site_tolerance)
+    except _Fallback:
+        return None
+    except Exception:  # gemmi syntax errors and anything unforeseen: the reference path decides
+        return None
+
+
+def _str2float(text: str) -> float:
+    if text.strip() == ".":
+        return 0.0
+    try:
+        return float(_UNCERTAINTY.sub("", text) if "(" in text else text)
+    except ValueError as err:
+        raise _Fallback from err
+
+
+def _parse(text: str, site_tolerance: float) -> tuple[Structure, list[str]]:
+    import gemmi
+
+    doc = gemmi.cif.read_string(text)
+    if len(doc) != 1:
+        raise _Fallback
+    pairs, loops = _block_items(doc[0])
+    sites = loops.get("sites")
+    symops = loops.get("symops")
+    if sites is None or symops is None:
+        raise _Fallback
+    lattice = _lattice(pairs)
+    rotations, translations = _symmetry_operations(tuple(symops))
+    symbols, labels, coords, n_rounded = _asymmetric_sites(sites)
+    _refuse_shared_positions(coords, rotations, translations, site_tolerance)
+    species, frac, site_labels = _expand(symbols, labels, coords, rotations, translations, site_tolerance)
+    _check_formula(pairs, species)
+    structure = _build(lattice, species, frac, site_labels)
+    messages = []
+    if n_rounded:  # the very message pymatgen records, so the flag is the same
+        messages.append(
+            f"{n_rounded} fractional coordinates rounded to ideal values to avoid issues with "
+            "finite precision."
+        )
+    return structure, messages
+
+
+def _block_items(block: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """Whitelisted pairs (raw values) and the atom-site / symmetry-operation loops of one block."""
+    import gemmi
+
+    pairs: dict[str, str] = {}
+    loops: dict[str, Any] = {}
+    for item in block:
+        if item.pair is not None:
+            tag, value = item.pair
+            if tag in _SYMOP_TAGS:  # a one-line symmetry operation makes pymatgen warn
+                raise _Fallback
+            if tag in _PAIR_TAGS:
+                pairs[tag] = value
+            elif not tag.startswith(_METADATA_PREFIXES):
+                raise _Fallback
+        elif item.loop is not None:
+            tags = list(item.loop.tags)
+            if set(tags) <= _SITE_TAGS and all(t in tags for t in _REQUIRED_SITE_TAGS):
+                kind = "sites"
+            elif set(tags) <= _SYMOP_LOOP_TAGS and sum(t in tags for t in _SYMOP_TAGS) == 1:
+                kind = "symops"
+            elif all(t.startswith(("_atom_site_aniso_", *_METADATA_PREFIXES)) for t in tags):
+                continue
+            else:
+                raise _Fallback
+            if kind in loops:
+                raise _Fallback
+            width, values = item.loop.width(), [gemmi.cif.as_string(v) for v in item.loop.values]
+            columns = {tag: values[i::width] for i, tag in enumerate(tags)}
+            if kind == "symops":
+                loops[kind] = next(columns[t] for t in _SYMOP_TAGS if t in columns)
+            else:
+                loops[kind] = columns
+        elif item.frame is not None:  # save frames: not something pymatgen reads the same way
+            raise _Fallback
+    return pairs, loops
+
+
+def _lattice(pairs: dict[str, str]) -> Any:
+    from pymatgen.core import Lattice
+
+    try:
+        lengths = [_str2float(pairs[f"_cell_length_{k}"]) for k in "abc"]
+        angles = [_str2float(pairs[f"_cell_angle_{k}"]) for k in ("alpha", "beta", "gamma")]
+    except KeyError as err:
+        raise _Fallback from err
+    lattice = Lattice.from_parameters(*lengths, *angles)
+    try:  # interplanar spacings of (100), (010), (001): 1 / |reciprocal vector|
+        spacings = 1.0 / np.linalg.norm(np.linalg.inv(lattice.matrix), axis=0)
+    except np.linalg.LinAlgError as err:
+        raise _Fallback from err
+    if not np.all(spacings > 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
+        raise _Fallback
+    return lattice
+
+
+@lru_cache(maxsize=512)
+def _symmetry_operations(xyz: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation [n, 3, 3] and translation [n, 3] arrays, parsed by pymatgen (cached: few distinct sets)."""
+    from pymatgen.core.operations import SymmOp
+
+    if not xyz:
+        raise _Fallback
+    try:
+        affine = np.array([SymmOp.from_xyz_str(s.strip()).affine_matrix for s in xyz])
+    except ValueError as err:
+        raise _Fallback from err
+    return affine[:, :3, :3].copy(), affine[:, :3, 3].copy()
+
+
+@lru_cache(maxsize=512)
+def _plain_element(symbol: str) -> bool:
+    from pymatgen.core import Element
+
+    return bool(_ELEMENT_FORM.fullmatch(symbol)) and Element.is_valid_symbol(symbol)
+
+
+def _asymmetric_sites(columns: dict[str, list[str]]) -> tuple[list[str], list[str], np.ndarray, int]:
+    """Symbols, labels, coordinates (rounded as pymatgen's sanitiser rounds them) and the rounded count."""
+    symbols = columns["_atom_site_type_symbol"]
+    if not all(map(_plain_element, symbols)):
+        raise _Fallback  # pymatgen would reinterpret the symbol (and warn)
+    occupancies = columns.get("_atom_site_occupancy")
+    if occupancies is not None and any(_str2float(v) != 1.0 for v in occupancies):
+        raise _Fallback  # partial occupancy, or an unreadable one pymatgen would take as 1
+    if not symbols:
+        raise _Fallback
+    axes = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
+    coords = np.array([[_str2float(v) for v in columns[tag]] for tag in axes]).T
+    n_rounded = 0
+    for ideal in _IDEAL_FRACS:  # math.isclose(v / ideal, 1, abs_tol=tol, rel_tol=0), as pymatgen tests it
+        near = np.abs(coords / ideal - 1) <= _FRAC_TOLERANCE
+        n_rounded += int(near.sum())
+        coords[near] = float(str(ideal))
+    return list(symbols), list(columns["_atom_site_label"]), coords, n_rounded
+
+
+def _pbc_close(a: np.ndarray, b: np.ndarray, atol: float) -> np.ndarray:
+    """pymatgen's find_in_coord_list_pbc test, broadcast: |d - round(d)| < atol on every axis."""
+    diff = a - b
+    diff -= np.round(diff)
+    return np.all(np.abs(diff) < atol, axis=-1)
+
+
+def _refuse_shared_positions(
+    coords: np.ndarray, rotations: np.ndarray, translations: np.ndarray, atol: float
+) -> None:
+    """Two listed sites on one position (under the symmetry) are merged by pymatgen: disorder, fall back."""
+    n = len(coords)
+    if n < 2:
+        return
+    if _is_identity_only(rotations, translations):  # P1: a plain pairwise test
+        images = coords[None]
+    else:
+        images = np.einsum("oij,nj->oni", rotations, coords) + translations[:, None, :]  # [ops, n, 3]
+    close = _pbc_close(images[:, :, None, :], coords[None, None, :, :], atol)  # [ops, n(new), n(old)]
+    rows, cols = _lower_triangle(n)
+    if close[:, rows, cols].any():
+        raise _Fallback
+
+
+def _is_identity_only(rotations: np.ndarray, translations: np.ndarray) -> bool:
+    return len(rotations) == 1 and not translations[0].any() and bool((rotations[0] == np.eye(3)).all())
+
+
+@lru_cache(maxsize=512)
+def _lower_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tril_indices(n, k=-1)
+
+
+@lru_cache(maxsize=1024)
+def _species_order(distinct: frozenset[str]) -> tuple[str, ...]:
+    """Distinct symbols in the order pymatgen groups them (sorted as single-element Compositions)."""
+    from pymatgen.core import Composition
+
+    return tuple(str(next(iter(c))) for c in sorted(Composition({s: 1.0}) for s in sorted(distinct)))
+
+
+def _expand(
+    symbols: list[str],
+    labels: list[str],
+    coords: np.ndarray,
+    rotations: np.ndarray,
+    translations: np.ndarray,
+    atol: float,
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Symmetry-expanded sites in pymatgen's order: species groups, then each site's images, deduplicated."""
+    if _is_identity_only(rotations, translations):
+        images = coords[:, None, :]  # x -> x: only the wrap below (exactly what the operation gives)
+    else:
+        images = np.einsum("oij,nj->noi", rotations, coords) + translations[None, :, :]  # [n, ops, 3]
+    images = images - np.floor(images)
+    order = _species_order(frozenset(symbols))
+    if len(rotations) == 1:  # one image per site, all distinct: a stable sort by species group
+        rank = {symbol: i for i, symbol in enumerate(order)}
+        index = sorted(range(len(symbols)), key=lambda i: rank[symbols[i]])
+        return [symbols[i] for i in index], images[index, 0], [labels[i] for i in index]
+    species: list[str] = []
+    frac: list[np.ndarray] = []
+    out_labels: list[str] = []
+    for symbol in order:
+        members = [i for i, s in enumerate(symbols) if s == symbol]
+        candidates = images[members].reshape(-1, 3)
+        owners = np.repeat(members, len(rotations))
+        close = _pbc_close(candidates[:, None, :], candidates[None, :, :], atol)
+        accepted: list[int] = []
+        for index in range(len(candidates)):  # pymatgen's greedy order: first image kept
+            if not accepted or not close[index, accepted].any():
+                accepted.append(index)
+        kept = np.array(accepted)
+        species.extend([symbol] * len(kept))
+        frac.append(candidates[kept])
+        out_labels.extend(labels[owners[k]] for k in kept)
+    return species, np.concatenate(frac), out_labels
+
+
+@lru_cache(maxsize=4096)
+def _formula_amounts(formula: str) -> dict[str, float] | None:
+    from pymatgen.core import Composition
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {str(k): v for k, v in Composition(formula).remove_charges().as_dict().items()}
+    except Exception:
+        return None
+
+
+def _check_formula(pairs: dict[str, str], species: list[str]) -> None:
+    """pymatgen compares the formula tag with the sites and warns on a mismatch: fall back if it would."""
+    import gemmi
+
+    raw = next(
+        (pairs[k] for k in ("_chemical_formula_sum", "_chemical_formula_structural") if k in pairs), None
+    )
+    if raw is None:
+        return  # pymatgen skips the stoichiometry check (a benign notice); the element check still runs
+    formula = gemmi.cif.as_string(raw)
+    if not formula or raw in {"?", "."}:
+        raise _Fallback
+    expected = _formula_amounts(formula)
+    if expected is None:
+        raise _Fallback
+    found: dict[str, float] = {}
+    for symbol in species:
+        found[symbol] = found.get(symbol, 0.0) + 1.0
+    if set(expected) != set(found):
+        raise _Fallback
+    if all(found[e] - expected[e] == 0 for e in expected):
+        return
+    ratios = [found[e] / expected[e] for e in expected]
+    if max(ratios) - min(ratios) >= _COMP_TOL:
+        raise _Fallback
+
+
+def _build(lattice: Any, species: list[str], frac: np.ndarray, labels: list[str]) -> Structure:
+    """The Structure in pymatgen's final order: get_sorted_structure's stable electronegativity sort."""
+    from pymatgen.core import Structure
+
+    keys = {symbol: _SiteKey(*_electronegativity(symbol)) for symbol in set(species)}
+    order = sorted(range(len(species)), key=lambda i: keys[species[i]])
+    return Structure(
+        lattice,
+        [_composition(species[i]) for i in order],
+        frac[order],
+        labels=[labels[i] for i in order],
+    )
+
+
+@lru_cache(maxsize=256)
+def _composition(symbol: str) -> Any:
+    """One shared, immutable Composition per element: what pymatgen gives an ordered site."""
+    from pymatgen.core import Composition
+
+    return Composition({symbol: 1.0})
+
+
+@lru_cache(maxsize=256)
+def _electronegativity(symbol: str) -> tuple[float, str]:
+    from pymatgen.core import Element
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noble gases: NaN, as in pymatgen's own sort
+        return float(Element(symbol).X), symbol
+
+
+class _SiteKey:
+    """Site.__lt__ (average electronegativity, then species string), NaN behaviour included."""
+
+    __slots__ = ("en", "name")
+
+    def __init__(self, en: float, name: str) -> None:
+        self.en, self.name = en, name
+
+    def __lt__(self, other: _SiteKey) -> bool:
+        if self.en < other.en:
+            return True
+        if self.en > other.en:
+            return False
+        return self.name < other.name
