@@ -63,7 +63,7 @@ def collapse_footnote(result: BenchmarkResult) -> str | None:
     counts = ", ".join(f"`{row['loss']}` {row['collapsed']} of {row['n_seeds']}" for row in marked)
     return (
         f"{COLLAPSE_MARK} collapsed to a constant predictor (>= 99 % of the validation items in one class "
-        f"at the selected checkpoint, or for 5 epochs in a row) in some seeds: {counts}"
+        f"at the selected checkpoint, or for the last 5 epochs of training) in some seeds: {counts}"
     )
 
 
