@@ -12,19 +12,12 @@ def metrics_tables(metrics: dict[str, Any], title: str) -> list[Any]:
     """Rich tables: headline metrics, and per-class precision / recall / F1 / support."""
     from rich.table import Table
 
+    from matcard.metrics import HEADLINE_METRICS  # here, not at import: sklearn is slow to load
+
     headline = Table(title=title, title_justify="left")
     headline.add_column("metric")
     headline.add_column("value", justify="right")
-    for key in (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_f1",
-        "mcc",
-        "gmean",
-        "roc_auc_macro",
-        "pr_auc_macro",
-        "ece",
-    ):
+    for key in HEADLINE_METRICS:
         value = metrics.get(key)
         headline.add_row(key, "n/a" if value is None else f"{value:.4f}")
     headline.add_row("n_samples", str(metrics.get("n_samples", "")))
