@@ -890,6 +890,9 @@ def benchmark_command(
         console.print("[yellow]interrupted:[/] finished cells are kept; rerun the same command to continue")
         raise typer.Exit(code=130) from None
     print_wide(benchmark.rich_table(result), 170, err=json_output)
+    decision_table = benchmark.decision_rich_table(result)
+    if decision_table is not None:
+        print_wide(decision_table, 170, err=json_output)
     for line in benchmark.study_description(result):
         print_wide(f"  {escape(line)}", err=json_output)
     print_wide(

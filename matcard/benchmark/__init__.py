@@ -36,6 +36,7 @@ from matcard.benchmark.cells import (
     run_cell,
     synthetic_class_names,
 )
+from matcard.benchmark.decision_table import decision_markdown, decision_rich_table
 from matcard.benchmark.planning import (
     Cell,
     load_benchmark_config,
@@ -101,6 +102,8 @@ __all__ = [
     "_confusion",
     "_scores",
     "choose_minority",
+    "decision_markdown",
+    "decision_rich_table",
     "environment",
     "load_benchmark_config",
     "markdown_table",

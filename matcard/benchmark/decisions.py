@@ -21,7 +21,10 @@ from matcard.benchmark.schema import BenchmarkConfig
 from matcard.benchmark.stats import _confusion, _scores, paired_bootstrap
 
 TUNED_METRICS = ("tuned_macro_f1", "tuned_minority_recall", "ece_before", "ece_after",
-                 "conformal_class_coverage", "conformal_set_size")  # fmt: skip
+                 "conformal_class_coverage", "conformal_minority_coverage",
+                 "conformal_set_size")  # fmt: skip
+# per-seed test coverage of one class's conformal sets: f"{COVERAGE_PREFIX}{class name}"
+COVERAGE_PREFIX = "conformal_coverage_"
 Tuned = dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | None]
 
 
@@ -42,11 +45,12 @@ def tuned_predictions(cell: Cell) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def seed_columns(cell: Cell, tuned: tuple[np.ndarray, np.ndarray] | None, minority: np.ndarray,
-                 n_classes: int) -> dict[str, Any]:  # fmt: skip
+                 class_names: list[str]) -> dict[str, Any]:  # fmt: skip
     """The per-seed decision columns of one cell (None where it has no decision layer)."""
     columns: dict[str, Any] = dict.fromkeys(TUNED_METRICS)
+    columns.update(dict.fromkeys(f"{COVERAGE_PREFIX}{name}" for name in class_names))
     if tuned is not None:
-        macro_f1, recall = _scores(_confusion(tuned[0], tuned[1], n_classes), minority)
+        macro_f1, recall = _scores(_confusion(tuned[0], tuned[1], len(class_names)), minority)
         columns["tuned_macro_f1"] = macro_f1 if math.isfinite(macro_f1) else None
         columns["tuned_minority_recall"] = recall if math.isfinite(recall) else None
     path = cell.directory / "metrics.json"
@@ -61,6 +65,12 @@ def seed_columns(cell: Cell, tuned: tuple[np.ndarray, np.ndarray] | None, minori
         conformal = report.get("conformal") or {}
         columns["conformal_class_coverage"] = conformal.get("mean_class_coverage")
         columns["conformal_set_size"] = conformal.get("mean_set_size")
+        per_class = conformal.get("per_class") or {}
+        for name in class_names:
+            columns[f"{COVERAGE_PREFIX}{name}"] = (per_class.get(name) or {}).get("coverage")
+        minority_coverage = [columns[f"{COVERAGE_PREFIX}{class_names[k]}"] for k in minority]
+        if minority_coverage and all(value is not None for value in minority_coverage):
+            columns["conformal_minority_coverage"] = float(np.mean(minority_coverage))
     return columns
 
 
@@ -76,7 +86,8 @@ def entry_columns(
     """Means of the per-seed decision columns; paired CIs tuned vs argmax and vs the tuned baseline."""
     rows = [r for r in per_seed if r["loss"] == label]
     columns: dict[str, Any] = {}
-    for metric in TUNED_METRICS:
+    coverage_columns = list(dict.fromkeys(k for r in rows for k in r if k.startswith(COVERAGE_PREFIX)))
+    for metric in (*TUNED_METRICS, *coverage_columns):
         values = [r[metric] for r in rows if r.get(metric) is not None]
         columns[metric] = float(np.mean(values)) if values else None
     comparisons = {

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from matcard.benchmark.decision_table import decision_markdown
 from matcard.benchmark.planning import Cell
 from matcard.benchmark.schema import (
     LOWER_IS_BETTER,
@@ -233,7 +234,10 @@ def write_outputs(result: BenchmarkResult, cells: Sequence[Cell], suffix: str = 
         },
     )
     title = f"## {result.config.name}\n\n" + "".join(f"- {line}\n" for line in study_description(result))
-    atomic_write_text(files["table"], title + "\n" + markdown_table(result))
+    decisions = decision_markdown(result)
+    atomic_write_text(
+        files["table"], title + "\n" + markdown_table(result) + ("\n" + decisions if decisions else "")
+    )
     plot_metrics(result, files["metrics_plot"])
     plot_recall_heatmap(result, files["recall_plot"])
     plot_paired(result, files["paired_plot"])

@@ -55,7 +55,7 @@ def summarise(
     tuned = {key: decisions.tuned_predictions(cell) for key, cell in cell_of.items()}
     for row in per_seed:
         key = (row["loss"], row["seed"])
-        row.update(decisions.seed_columns(cell_of[key], tuned[key], minority_index, len(class_names)))
+        row.update(decisions.seed_columns(cell_of[key], tuned[key], minority_index, class_names))
     summary = [
         _entry_row(config, entry, per_seed, class_names, minority_index, predictions)
         for entry in config.losses

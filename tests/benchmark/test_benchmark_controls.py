@@ -197,3 +197,25 @@ def test_a_trained_control_is_compared_with_its_entry(trained, monkeypatch, sess
     assert "Δ macro-F1 vs control [CI]" in table
     summary_csv = (out / "summary.csv").read_text().splitlines()[0]
     assert "macro_f1_vs_control_low" in summary_csv and "collapsed" in summary_csv
+
+
+def test_the_decisions_table_shows_argmax_tuned_and_per_class_coverage(trained):
+    result, out = trained
+    cells = {c.label: c for c in benchmark.plan_cells(result.config, out)}
+    metrics = json.loads((cells["reweighted"].directory / "metrics.json").read_text())
+    conformal = metrics["decision"]["test"]["conformal"]["per_class"]
+    per_seed = {row["loss"]: row for row in result.per_seed}
+    minority = result.minority_classes[0]
+    row = per_seed["reweighted"]
+    for name in result.class_names:
+        assert row[f"conformal_coverage_{name}"] == pytest.approx(conformal[name]["coverage"])
+    assert row["conformal_minority_coverage"] == pytest.approx(conformal[minority]["coverage"])
+    summary = {row["loss"]: row for row in result.summary}["reweighted"]
+    assert summary[f"conformal_coverage_{minority}"] == pytest.approx(conformal[minority]["coverage"])
+    table = (out / "table.md").read_text()
+    assert "macro-F1 argmax → tuned" in table and "tuned vs ce tuned [CI]" in table
+    line = next(t for t in table.splitlines() if t.startswith("| `reweighted`") and "→" in t)
+    tuned = metrics["decision"]["test"]["tuned"]["macro_f1"]
+    assert f"{metrics['test']['macro_f1']:.3f} → {tuned:.3f}" in line
+    assert f"{minority} {conformal[minority]['coverage']:.2f}" in line
+    assert benchmark.decision_rich_table(result).row_count == len(result.summary)
