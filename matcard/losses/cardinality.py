@@ -104,6 +104,7 @@ class CardinalityLoss(ImbalanceLoss):
         max_weight: float = 10.0,
         merge_tol: float = MERGE_TOL,
         warmup_epochs: int = 0,
+        floor: float = 0.0,
     ) -> None:
         super().__init__(class_counts)
         if source not in ("errors", "embeddings"):
@@ -129,6 +130,8 @@ class CardinalityLoss(ImbalanceLoss):
             raise ConfigError(f"merge_tol must lie in [0, 1), got {merge_tol}")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
+        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0.0 <= floor < 1.0:
+            raise ConfigError(f"floor must lie in [0, 1), got {floor!r}")
         self.t = t if t == "auto" else float(t)
         self.mode: Mode = mode
         self.lam = float(lam)
@@ -139,6 +142,7 @@ class CardinalityLoss(ImbalanceLoss):
         self.max_weight = float(max_weight)
         self.merge_tol = float(merge_tol)
         self.warmup_epochs = int(warmup_epochs)
+        self.floor = float(floor)
         self.uses_embeddings = source == "embeddings"
         self.last_t: float = float("nan") if t == "auto" else float(t)
         self.last_weights: torch.Tensor | None = None  # the latest batch's per-sample weights (mode weight)
@@ -201,7 +205,10 @@ class CardinalityLoss(ImbalanceLoss):
             raw = _stable_weighting_tensor(points, t, self.merge_tol)
         else:
             raw = _stable_weighting_tensor(points, t, self.merge_tol)
-        return normalise_weights(raw[:batch], self.max_weight)
+        weights = normalise_weights(raw[:batch], self.max_weight)
+        if self.floor > 0:  # a uniform share keeps every item in the gradient (mean stays 1)
+            weights = self.floor + (1.0 - self.floor) * weights
+        return weights
 
     def compute(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
