@@ -20,7 +20,7 @@ Modes (``mode``):
   non-anchor weights are clipped at 0, normalised to mean 1 over the batch and capped at
   ``max_weight`` [10] (renormalised). A cluster of identical mistakes shares about one unit of
   weight, each distinct mistake counts fully, and the loss stays a proper scoring rule (CE), so
-  a constant predictor is no optimum. Default ``t`` for this mode: 20 (see ``DEFAULT_WEIGHT_T``).
+  a constant predictor is no optimum. Default ``t`` for this mode: 100 (see ``DEFAULT_WEIGHT_T``).
 - ``replace`` (the reference, the reproduction setting; also registered as
   ``magnitude_reference`` / ``spread_reference``): loss = invariant - 1, t 1. It collapses to a
   constant predictor on imbalanced data: a constant has only two distinct error vectors, so its
@@ -34,7 +34,7 @@ Modes (``mode``):
 in a buffer), then the mode above; meant for ``add`` / ``multiply``, whose cardinality term
 otherwise pulls an untrained model towards the constant.
 
-``t`` [20 for ``weight``, else 1.0] or ``"auto"``: per batch, the smallest t at which the
+``t`` [100 for ``weight``, else 1.0] or ``"auto"``: per batch, the smallest t at which the
 invariant of the (detached) points reaches ``auto_fraction`` [0.5] of the number of distinct
 points, clamped to ``t_bounds`` [(0.5, 50)]; t is not differentiated through.
 
@@ -68,11 +68,15 @@ from matcard.magnitude import (
 Counts = Sequence[int] | np.ndarray | torch.Tensor
 Mode = Literal["weight", "replace", "multiply", "add", "divide"]
 _MODES = ("weight", "replace", "multiply", "add", "divide")
-# Default scale of mode "weight": error vectors closer than ~1/t share weight. A validation probe
-# over seeds chose 20 on glass and perov-5; a one-seed, 5-epoch glass pilot put t = 20 / "auto" / 5
-# within 0.015 of each other on validation macro-F1 (0.831 / 0.842 / 0.827), with "auto" 2-7x
-# dearer per step, so the fixed scale stays the default.
-DEFAULT_WEIGHT_T = 20.0
+# Default scale of mode "weight": errors closer than about 1/t count as one. In one dimension a
+# point's weight is about (tanh(t g_left / 2) + tanh(t g_right / 2)) / 2 for its gaps g to its
+# neighbours, so a small t sends nearly all weight to isolated errors and starves the dense ones
+# (confident, correct items). At t = 20 that stalled CGCNN on perov-5 (3.9 % positive) at the
+# all-negative start in 2 of 10 seeds: the train loss stayed flat for 7 epochs while CE and fixed
+# class weights learned. t = 100 (errors within about 0.01 of each other share weight) left both
+# stalled seeds within a few epochs; capping the weights at 3 instead did too, while a 2-epoch CE
+# warm-up or a uniform floor of 0.5 on the weights did not (pilot, seeds 2 and 4).
+DEFAULT_WEIGHT_T = 100.0
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -104,7 +108,6 @@ class CardinalityLoss(ImbalanceLoss):
         max_weight: float = 10.0,
         merge_tol: float = MERGE_TOL,
         warmup_epochs: int = 0,
-        floor: float = 0.0,
     ) -> None:
         super().__init__(class_counts)
         if source not in ("errors", "embeddings"):
@@ -130,8 +133,6 @@ class CardinalityLoss(ImbalanceLoss):
             raise ConfigError(f"merge_tol must lie in [0, 1), got {merge_tol}")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
-        if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0.0 <= floor < 1.0:
-            raise ConfigError(f"floor must lie in [0, 1), got {floor!r}")
         self.t = t if t == "auto" else float(t)
         self.mode: Mode = mode
         self.lam = float(lam)
@@ -142,7 +143,6 @@ class CardinalityLoss(ImbalanceLoss):
         self.max_weight = float(max_weight)
         self.merge_tol = float(merge_tol)
         self.warmup_epochs = int(warmup_epochs)
-        self.floor = float(floor)
         self.uses_embeddings = source == "embeddings"
         self.last_t: float = float("nan") if t == "auto" else float(t)
         self.last_weights: torch.Tensor | None = None  # the latest batch's per-sample weights (mode weight)
@@ -205,10 +205,7 @@ class CardinalityLoss(ImbalanceLoss):
             raw = _stable_weighting_tensor(points, t, self.merge_tol)
         else:
             raw = _stable_weighting_tensor(points, t, self.merge_tol)
-        weights = normalise_weights(raw[:batch], self.max_weight)
-        if self.floor > 0:  # a uniform share keeps every item in the gradient (mean stays 1)
-            weights = self.floor + (1.0 - self.floor) * weights
-        return weights
+        return normalise_weights(raw[:batch], self.max_weight)
 
     def compute(
         self, logits: torch.Tensor, target: torch.Tensor, embeddings: torch.Tensor | None
@@ -239,7 +236,7 @@ class CardinalityLoss(ImbalanceLoss):
 class MagnitudeLoss(CardinalityLoss):
     """Cross-entropy weighted by the magnitude weighting of the batch's detached errors (mode weight).
 
-    Defaults: mode weight, t 20, max_weight 10, source errors, anchor on. ``mode="replace"`` with
+    Defaults: mode weight, t 100, max_weight 10, source errors, anchor on. ``mode="replace"`` with
     t 1 is the reference loss (``magnitude_reference``). See :mod:`matcard.losses.cardinality`.
     """
 
@@ -250,7 +247,7 @@ class MagnitudeLoss(CardinalityLoss):
 class SpreadLoss(CardinalityLoss):
     """Cross-entropy weighted by each detached error's share of the spread, 1 / sum_j Z_ij (mode weight).
 
-    Defaults: mode weight, t 20, max_weight 10, source errors, anchor on. ``mode="replace"`` with
+    Defaults: mode weight, t 100, max_weight 10, source errors, anchor on. ``mode="replace"`` with
     t 1 is the reference loss (``spread_reference``). See :mod:`matcard.losses.cardinality`.
     """
 

@@ -135,7 +135,7 @@ def test_auto_scale_is_recorded_and_bounded() -> None:
     # with the scale chosen, the batch's invariant is auto_fraction of its distinct points (unless clamped)
     assert build("magnitude", COUNTS, mode="replace").last_t == 1.0
     assert build("magnitude_reference", COUNTS).last_t == 1.0
-    assert build("magnitude", COUNTS).last_t == 20.0  # the default of mode "weight"
+    assert build("magnitude", COUNTS).last_t == 100.0  # the default of mode "weight"
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def test_default_mode_is_weight_and_constant_gets_inverse_frequency_weights() ->
     logits, target, counts = constant_batch(256, 0.28)
     for name in ("magnitude", "spread"):
         loss = build(name, counts)
-        assert loss.mode == "weight" and loss.t == 20.0
+        assert loss.mode == "weight" and loss.t == 100.0
         loss(logits, target)
         weights = loss.last_weights
         assert float(weights.mean()) == pytest.approx(1.0)
