@@ -39,7 +39,11 @@ def test_cardinality_studies_share_the_existing_studies_settings(name):
     assert {e: entries[e].control_for for e in CONTROLS} == CONTROLS
     assert all(entries[e].loss == "weighted_ce" for e in CONTROLS)
     assert (entries["magnitude"].params, entries["spread"].params) == ({}, {})  # the default forms
-    assert entries["magnitude_warmup"].params == {"mode": "add", "warmup_epochs": 3}
+    assert entries["magnitude_reference_warmup"].params == {"mode": "add", "warmup_epochs": 3}
+    # every entry named magnitude*/spread* that is not a control is a default form or names the reference
+    for label, entry in entries.items():
+        if label.startswith(("magnitude", "spread")) and entry.control_for is None and entry.params:
+            assert "reference" in label, label
     assert entries["magnitude_reference"].params == {"mode": "replace"}
     assert {"ce", "weighted_ce", "magnitude_class_geometry"} <= set(entries)
     assert study.baseline == "ce"
