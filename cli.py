@@ -12,6 +12,7 @@ from typing import Annotated, Optional  # noqa: F401  (Optional is used by comma
 
 import typer
 
+from matcard import summary_tables
 from matcard._version import __version__
 from matcard.console import console, escape, print_wide
 from matcard.errors import MatcardError
@@ -206,8 +207,6 @@ def inspect_command(
     """Structures, failures with reasons, class counts and imbalance ratio of a dataset or path."""
     import json
 
-    from rich.table import Table
-
     from matcard.datasets.inspect import inspect_source
     from matcard.errors import UsageError
 
@@ -239,45 +238,8 @@ def inspect_command(
         if nothing:
             raise typer.Exit(code=1)
         return
-    overview = Table(title=f"inspect {escape(source)}", show_header=False)
-    overview.add_column("field")
-    overview.add_column("value")
-    overview.add_row("kind", summary["kind"])
-    overview.add_row("structures" if summary["kind"] == "structures" else "rows", f"{summary['n_rows']:,}")
-    overview.add_row("failed", f"{summary['n_failed']:,}")
-    if summary["skipped"]:
-        overview.add_row("skipped (not structures)", str(len(summary["skipped"])))
-    overview.add_row("tasks", escape(", ".join(summary["tasks"]) or "-"))
-    if summary.get("given_splits"):
-        overview.add_row("given split", ", ".join(f"{k} {v:,}" for k, v in summary["given_splits"].items()))
-    if summary.get("flags"):
-        overview.add_row("flags", escape(", ".join(f"{k}: {v}" for k, v in summary["flags"].items())))
-    if summary["task"]:
-        overview.add_row("task", escape(summary["task"]))
-        ratio = summary["imbalance_ratio"]
-        overview.add_row("imbalance ratio", "-" if ratio is None else f"{ratio:.2f} : 1")
-    print_wide(overview)
-    if summary["class_counts"]:
-        counts = Table(title=f"class counts ({escape(summary['task'])})")
-        counts.add_column("class")
-        counts.add_column("count", justify="right")
-        counts.add_column("share", justify="right")
-        total = sum(summary["class_counts"].values()) or 1
-        for name, count in summary["class_counts"].items():
-            counts.add_row(escape(name), f"{count:,}", f"{100 * count / total:.1f} %")
-        print_wide(counts)
-    if summary["failures"] or summary["skipped"]:
-        problems = Table(title="not read")
-        problems.add_column("source", overflow="fold")
-        problems.add_column("reason", overflow="fold")
-        for item in summary["failures"][:50]:
-            problems.add_row(escape(item["source"]), escape(item["reason"]))
-        for item in summary["skipped"][:50]:
-            problems.add_row(escape(item["source"]), f"[dim]skipped: {escape(item['reason'])}[/]")
-        extra = len(summary["failures"]) - 50
-        if extra > 0:
-            problems.add_row("…", f"{extra} more failures (use --json for all)")
-        print_wide(problems)
+    for table in summary_tables.inspect_tables(summary, source):
+        print_wide(table)
     if nothing:
         console.print(f"[bold red]error:[/] no structures could be read from {escape(source)}")
         raise typer.Exit(code=1)
@@ -372,8 +334,6 @@ def featurize_command(
     (parallel, cached, sharded)."""
     import json
 
-    from rich.table import Table
-
     from matcard.featurize.api import featurize_dataset, make_featurizer
 
     try:
@@ -408,47 +368,9 @@ def featurize_command(
             raise typer.Exit(code=1)
         return
     read_failures = list(getattr(dataset, "failures", []) or [])
-    rows_failed = [(str(f.position), f.id, f.reason) for f in report.failures]
-    rows_failed += [("read", str(f.source), f.reason) for f in read_failures]
-    if rows_failed:
-        failures = Table(title=f"failures ({len(rows_failed)})")
-        for column in ("#", "id / source", "reason"):
-            failures.add_column(column, overflow="fold")
-        for row in rows_failed[:20]:
-            failures.add_row(*map(escape, row))
-        if len(rows_failed) > 20:
-            failures.add_row("…", f"{len(rows_failed) - 20} more", "see --json / manifest.json")
-        print_wide(failures)
-    table = Table(title=f"featurized {escape(getattr(dataset, 'name', source))} ({summary['kind']})")
-    table.add_column("", style="bold")
-    table.add_column("value", justify="right")
-    rate = summary["per_second"]
-    unreadable = f" (+{summary['read_failures']} unreadable)" if summary["read_failures"] else ""
-    rows = [
-        ("structures" if summary["kind"] == "graph" else "items", f"{summary['count']:,}"),
-        ("inputs", f"{summary['inputs']:,}"),
-        ("failures", f"{summary['failures']:,}{unreadable}"),
-        *(
-            [("mean nodes", f"{summary['mean_nodes']:.1f}"), ("mean edges", f"{summary['mean_edges']:.1f}")]
-            if summary["kind"] == "graph"
-            else [("features", f"{summary['n_features']:,}")]
-        ),
-        (
-            "flagged",
-            f"{summary['flagged']:,}"
-            + "".join(f"\n  {name}: {count:,}" for name, count in summary["flag_counts"].items()),
-        ),
-        ("seconds", f"{summary['seconds']:.2f}" + (" (from cache)" if summary["from_cache"] else "")),
-        ("per second", f"{rate:,.0f}" if rate else "-"),
-        ("path", summary["path"]),
-    ]
-    if summary["rebuilt_shards"]:
-        rows.append(("rebuilt shards", ", ".join(map(str, summary["rebuilt_shards"]))))
-    for name, count in (summary.get("class_counts") or {}).items():
-        rows.append((f"class {name}", f"{count:,}"))
-    for name, value in rows:
-        table.add_row(escape(name), escape(value))
-    print_wide(table)
+    name = getattr(dataset, "name", source)
+    for table in summary_tables.featurize_tables(summary, report.failures, read_failures, name):
+        print_wide(table)
     if not summary["count"]:
         console.print(f"[bold red]error:[/] nothing could be featurized from {escape(source)}")
         raise typer.Exit(code=1)

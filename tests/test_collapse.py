@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from matcard.losses import LOSSES
 from matcard.losses.base import ImbalanceLoss
 
 NAMES = ["a", "b", "c"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # all 288 AFLOW prototypes, binary "is cubic" (23 % positive): the reference magnitude loss
 # predicts one class for every item from the first epoch
 TINY = {
@@ -148,3 +150,23 @@ def test_the_warning_says_whether_the_selected_checkpoint_itself_collapsed():
     late = collapse.assess(np.array([0] * 55 + [1] * 45), labels, NAMES[:2], [0.6] + [1.0] * 6)
     text = collapse.warning_text(late, "magnitude")
     assert late.collapsed and "last 6 epoch(s)" in text and "predates the collapse" in text
+
+
+@pytest.mark.slow
+def test_the_default_magnitude_loss_learns_the_glass_window(env, tmp_path):
+    # the documented check of the safe default: the full glass task, 5 epochs, shipped config
+    out = tmp_path / "glass"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--config", str(CONFIGS / "glass_tg.yaml"), "--loss", "magnitude", "--epochs", "5",
+         "--out", str(out), "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = _metrics(out)
+    assert metrics["loss"]["name"] == "magnitude" and metrics["collapsed"] is False
+    assert metrics["collapse"]["fraction"] < 0.9  # the window class (28.5 %) is predicted
+    history = pd.read_csv(out / "history.csv")
+    assert (history["val_top_class_fraction"] < 0.99).all()
+    low, high = metrics["loss"]["realised_class_weights"]
+    assert high > low  # the rarer window class carries more weight
+    assert metrics["test"]["macro_f1"] > 0.7
