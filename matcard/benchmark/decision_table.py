@@ -58,12 +58,14 @@ def decision_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
         "set size",
     ]  # fmt: skip
     rows = []
+    baseline_row = next((row for row in result.summary if row["loss"] == baseline), {})
     for row in result.summary:
         if row.get("tuned_macro_f1") is None:
             continue
         against_baseline = (
             "(baseline)" if row["loss"] == baseline
-            else _interval(row, "macro_f1_tuned_vs_baseline_tuned_ci")
+            else _interval(row, "macro_f1_tuned_vs_baseline_tuned_ci",
+                           _delta(row.get("tuned_macro_f1"), baseline_row.get("tuned_macro_f1")))
         )  # fmt: skip
         rows.append([
             row["loss"],

@@ -248,20 +248,29 @@ def _key(kind: str, settings: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
+# the default scale of mode "weight" when keys without ``t`` were made
+_WEIGHT_T_OF_OLD_KEYS = 20.0
+
+
 def _default_mode_keyed(name: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Cardinality-loss params with the default ``mode`` written in when it is not the mode the key
-    used to mean (replace for errors, divide for embeddings): a cell computed under an older default
-    is then never reused for a newer one, while every key made so far stays what it was."""
-    if name not in ("magnitude", "spread") or "mode" in params:
+    """Cardinality-loss params with the default ``mode`` (and, in mode weight, the default ``t``)
+    written in when it is not what the key used to mean (replace for errors, divide for embeddings;
+    t 20): a cell computed under an older default is then never reused for a newer one, while every
+    key made so far stays what it was."""
+    if name not in ("magnitude", "spread"):
         return params
     from matcard.losses import build
 
     try:
-        mode = getattr(build(name, [10, 10], **params), "mode", None)
+        loss = build(name, [10, 10], **params)
     except ConfigError:
         return params  # the cell's own validation reports it
+    mode = getattr(loss, "mode", None)
     legacy = "replace" if params.get("source", "errors") == "errors" else "divide"
-    return params if mode in (None, legacy) else {**params, "mode": mode}
+    keyed = params if "mode" in params or mode in (None, legacy) else {**params, "mode": mode}
+    if mode == "weight" and "t" not in params and getattr(loss, "t", None) != _WEIGHT_T_OF_OLD_KEYS:
+        keyed = {**keyed, "t": loss.t}  # the weight mode's default scale changed since those keys
+    return keyed
 
 
 def plan_cells(

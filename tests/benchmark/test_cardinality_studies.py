@@ -87,7 +87,8 @@ def test_a_plain_magnitude_cell_key_follows_the_losss_default_mode():
 
     # the default mode is "weight": it is part of a plain entry's key, so a cell trained when the
     # default was the reference replace form (keyed without a mode) is never reused as the new default
-    assert _default_mode_keyed("magnitude", {}) == {"mode": "weight"}
+    assert _default_mode_keyed("magnitude", {}) == {"mode": "weight", "t": 100.0}
+    assert _default_mode_keyed("magnitude", {"t": 20}) == {"t": 20, "mode": "weight"}
     assert _default_mode_keyed("magnitude", {"mode": "replace"}) == {"mode": "replace"}
     assert _default_mode_keyed("spread", {"source": "embeddings"}) == {"source": "embeddings"}
     plain = {"label": "magnitude", "loss": "magnitude"}
@@ -95,3 +96,7 @@ def test_a_plain_magnitude_cell_key_follows_the_losss_default_mode():
     weight = {"label": "magnitude", "loss": "magnitude", "params": {"mode": "weight"}}
     assert _cell_key([plain], "magnitude") != _cell_key([explicit], "magnitude")
     assert _cell_key([plain], "magnitude") == _cell_key([weight], "magnitude")
+    # cells keyed when the weight mode's default scale was 20 are not reused for t = 100
+    old_default = {"label": "magnitude", "loss": "magnitude", "params": {"mode": "weight", "t": 20}}
+    assert _cell_key([plain], "magnitude") != _cell_key([old_default], "magnitude")
+    assert _default_mode_keyed("magnitude", {"mode": "weight", "t": 20}) == {"mode": "weight", "t": 20}
