@@ -18,7 +18,7 @@ def crystal_graphs(mp20_structures):
 
 def test_only_the_last_blocks_train_and_the_pretrained_part_gets_a_lower_lr(crystal_graphs):
     torch.manual_seed(0)
-    model = ChgnetFinetune(3, train_blocks=1, pretrained_lr_multiplier=0.1)
+    model = ChgnetFinetune(0, 3, train_blocks=1, pretrained_lr_multiplier=0.1)
     shared = load_chgnet("0.3.0")
     assert not any(p.requires_grad for p in shared.parameters())  # the featurizer's copy stays frozen
     y = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -42,7 +42,7 @@ def test_only_the_last_blocks_train_and_the_pretrained_part_gets_a_lower_lr(crys
 
 def test_head_only_fine_tuning_learns_a_real_batch(crystal_graphs):
     torch.manual_seed(0)
-    model = ChgnetFinetune(2, train_blocks=0)
+    model = ChgnetFinetune(0, 2, train_blocks=0)
     assert len(model.param_groups(1e-2)) == 1  # nothing pretrained is trained
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     optimizer = torch.optim.AdamW(model.param_groups(1e-2))
