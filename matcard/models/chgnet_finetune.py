@@ -54,6 +54,9 @@ class ChgnetFinetune(nn.Module):
             raise ValueError("pretrained_lr_multiplier must be positive")
         # a private copy: the featurizer's cached model stays frozen and shared
         self.chgnet = copy.deepcopy(load_chgnet(model_version))
+        # the shared copy is in eval mode; this one follows the module's mode like any layer (the
+        # released checkpoints have dropout 0, so the mode does not change their output)
+        self.chgnet.train()
         n_conv = int(self.chgnet.n_conv)
         if not 0 <= train_blocks <= n_conv:
             raise ValueError(f"train_blocks must be in 0..{n_conv}, got {train_blocks}")
