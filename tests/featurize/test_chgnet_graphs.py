@@ -42,9 +42,10 @@ def test_a_dataset_is_converted_once_then_read_from_the_cache(first_structures):
     featurizer = ChgnetGraphFeaturizer()
     graphs, positions, failures = crystal_graphs_for(first_structures, featurizer, cache=True, progress=False)
     assert CALIFORNIUM not in positions.tolist() and len(graphs) == len(positions) == 29
-    assert failures == [
-        {"id": "A_aP4_2_aci", "stage": "featurize", "reason": failures[0]["reason"]}
-    ] and "Cf" in failures[0]["reason"]
+    assert (
+        failures == [{"id": "A_aP4_2_aci", "stage": "featurize", "reason": failures[0]["reason"]}]
+        and "Cf" in failures[0]["reason"]
+    )
     cached = crystal_graphs_for(first_structures, featurizer, cache=True, progress=False)
     assert np.array_equal(cached[1], positions) and cached[2] == failures
     for mine, theirs in zip(graphs, cached[0], strict=True):
@@ -56,7 +57,7 @@ def test_a_damaged_cache_file_is_rebuilt(first_structures, session_data_dir):
     crystal_graphs_for(first_structures, featurizer, cache=True, progress=False)
     (path,) = (session_data_dir / "features").glob("aflow-first-30-chgnet_graph-*.pt")
     path.write_bytes(path.read_bytes()[:1000])
-    graphs, positions, _ = crystal_graphs_for(first_structures, featurizer, cache=True, progress=False)
+    graphs, _, _ = crystal_graphs_for(first_structures, featurizer, cache=True, progress=False)
     assert len(graphs) == 29 and path.stat().st_size > 1000
 
 
