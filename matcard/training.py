@@ -238,6 +238,7 @@ def _train_loader_and_graphs(config: TrainConfig, data: PreparedData) -> tuple[A
             PygData(x=torch.as_tensor(row, dtype=torch.float32).view(1, -1), y=torch.tensor([int(label)]))
             for row, label in zip(x_res, y_res, strict=True)
         ]
+        y = np.asarray(y_res)
     elif name != "none":
         raise ConfigError(
             f"sampler.name: unknown sampler {config.sampler.name!r}; choose one of "
