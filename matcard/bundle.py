@@ -179,7 +179,8 @@ class TrainedModel:
     # --- inference ----------------------------------------------------------------------------
     def predict_logits_data(self, graphs: Sequence[Data], batch_size: int = 256) -> np.ndarray:
         import torch
-        from torch_geometric.loader import DataLoader
+
+        from matcard.loaders import make_loader
 
         if len(graphs) == 0:
             return np.zeros((0, self.n_classes), dtype=np.float32)
@@ -187,8 +188,9 @@ class TrainedModel:
         device = self.device
         torch.set_flush_denormal(True)  # see matcard.training: denormals slow CPU matmuls ~10x
         self.model.eval()
+        loader = make_loader(self.info["featurizer"].get("kind"), graphs, batch_size=batch_size)
         with torch.inference_mode():
-            for batch in DataLoader(list(graphs), batch_size=batch_size, shuffle=False):
+            for batch in loader:
                 logits, _ = self.model(batch.to(device))
                 outputs.append(logits.float().cpu())
         return torch.cat(outputs).numpy()
@@ -462,6 +464,7 @@ def load_model(path: str | Path, device: str | None = "cpu") -> TrainedModel:
             UnverifiedBundleWarning,
             stacklevel=2,
         )
+    _check_pinned_checkpoint(info, bundle_dir)
     featurizer = _build_featurizer(raw, bundle_dir)
     model = _build_model(info, bundle_dir)
     _load_weights(model, bundle_dir / WEIGHTS_FILE, info.files.get(WEIGHTS_FILE) if info.files else None)
@@ -487,6 +490,21 @@ def _read_info(bundle_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         validate_info(raw, where)  # raises, naming the problem
     return raw
+
+
+def _check_pinned_checkpoint(info: Any, bundle_dir: Path) -> None:
+    """A model that fine-tunes a pretrained checkpoint must name the same one as its graph featurizer:
+    the graphs it was trained on came from that checkpoint's converter."""
+    pinned = info.model.params.get("model_version")
+    if info.featurizer.get("kind") != "chgnet_graph" or pinned is None:
+        return
+    graphs_from = info.featurizer.get("model_version")
+    if pinned != graphs_from:
+        raise BundleError(
+            f"{bundle_dir / BUNDLE_FILE}: field 'model.params.model_version': CHGNet checkpoint "
+            f"{pinned!r} differs from featurizer.model_version {graphs_from!r}; the bundle is inconsistent",
+            field="model.params.model_version",
+        )
 
 
 def _build_featurizer(raw: dict[str, Any], bundle_dir: Path) -> Any:

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from matcard.errors import ConfigError
 from matcard.names import INPUT_FEATURIZERS, MODEL_INPUT_KINDS, check_loss_name, check_model_name
@@ -59,10 +67,10 @@ class DataConfig(_Section):
 
 
 class FeaturizerConfig(_Section):
-    kind: Literal["auto", "graph", "composition", "chgnet"] = Field(
+    kind: Literal["auto", "graph", "composition", "chgnet", "chgnet_graph"] = Field(
         "auto",
-        description="auto: graph for crystal GNNs, composition for the MLP; chgnet: frozen pretrained "
-        "CHGNet features (vector models such as the MLP)",
+        description="auto: graph for crystal GNNs, composition for the MLP, chgnet_graph for "
+        "chgnet_finetune; chgnet: frozen pretrained CHGNet features (vector models such as the MLP)",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="featurizer config fields (cutoff, ...)")
     workers: int = Field(1, ge=1, description="processes for featurization")
@@ -77,6 +85,19 @@ class ModelConfig(_Section):
     @classmethod
     def _known_model(cls, name: str) -> str:
         return check_model_name(name)  # a name list, not the registry: no torch import before this check
+
+    @field_validator("params")
+    @classmethod
+    def _pretrained_checkpoint(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """chgnet_finetune's checkpoint is checked here (torch-free), so a typo fails at once."""
+        if info.data.get("name") == "chgnet_finetune" and "model_version" in params:
+            from matcard.featurize.chgnet import check_model_version
+
+            try:
+                check_model_version(str(params["model_version"]))
+            except ConfigError as error:
+                raise ValueError("model_version: " + str(error).split(": ", 1)[-1]) from None
+        return params
 
 
 class LossConfig(_Section):
@@ -182,6 +203,21 @@ class TrainConfig(_Section):
                 f"features, not {self.featurizer.kind!r}"
             )
         return self.featurizer.kind
+
+    def featurizer_settings(self) -> dict[str, Any]:
+        """The featurizer config (``kind`` and its fields). chgnet_finetune's graphs come from the
+        checkpoint it fine-tunes, so ``model.params.model_version`` sets the featurizer's too."""
+        kind = self.featurizer_kind()
+        settings: dict[str, Any] = {"kind": kind, **self.featurizer.params}
+        if kind == "chgnet_graph":
+            version = self.model.params.get("model_version", "0.3.0")
+            given = settings.setdefault("model_version", version)
+            if given != version:
+                raise ConfigError(
+                    f"featurizer.params.model_version: {given!r} differs from model.params.model_version "
+                    f"{version!r}; chgnet_finetune builds its graphs with the checkpoint it fine-tunes"
+                )
+        return settings
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

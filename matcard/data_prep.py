@@ -51,10 +51,19 @@ SPLIT_FILE = "splits/split.json"
 def featurize_for(
     dataset: Any, featurizer: Any, labels: np.ndarray, *, workers: int, cache: bool, progress: bool
 ) -> tuple[list[Data], np.ndarray, list[dict[str, str]]]:
-    """(graphs with y, their dataset positions, failures) through matcard.featurize's cached store."""
+    """(graphs with y, their dataset positions, failures) through matcard.featurize's cached store.
+
+    CHGNet graphs (chgnet_finetune's input) are not ``Data``: they have their own cache and carry
+    no labels (the loaders pair them with ``y``).
+    """
     import tempfile
 
     from matcard.featurize import featurize_dataset
+
+    if getattr(featurizer, "kind", None) == "chgnet_graph":
+        from matcard.featurize.chgnet_graphs import crystal_graphs_for
+
+        return crystal_graphs_for(dataset, featurizer, cache=cache, progress=progress)
 
     with tempfile.TemporaryDirectory(prefix="matcard-features-") as scratch:
         report = featurize_dataset(
@@ -134,7 +143,7 @@ def prepare_data(
     dataset = load_dataset(
         data_cfg.dataset, mirror=data_cfg.mirror, progress=progress, timeout=data_cfg.timeout
     )
-    if kind in ("graph", "chgnet") and dataset.kind != "structures":
+    if kind in ("graph", "chgnet", "chgnet_graph") and dataset.kind != "structures":
         raise ConfigError(
             f"model.name: {config.model.name!r} with {kind!r} features needs crystal structures, but "
             f"dataset {dataset.name!r} holds compositions only; use model.name=mlp with composition features"
@@ -145,7 +154,7 @@ def prepare_data(
         from matcard.calibration import parse_objective
 
         parse_objective(config.decision.objective, list(labels.class_names))
-    featurizer = featurizer_from_config({"kind": kind, **config.featurizer.params})
+    featurizer = featurizer_from_config(config.featurizer_settings())
     graphs, positions, failures = featurize_for(
         dataset,
         featurizer,

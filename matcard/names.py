@@ -40,10 +40,12 @@ LOSS_ALIASES: dict[str, str] = {
     "mag": "magnitude",
 }
 # model name -> the input it consumes ("graph": periodic crystal graphs, "vector": one descriptor
-# vector per item, from the composition or the chgnet featurizer)
+# vector per item, from the composition or the chgnet featurizer, "crystal_graph": CHGNet's own
+# crystal graphs, which only CHGNet itself can consume)
 MODEL_INPUT_KINDS: dict[str, str] = {
     "alignn": "graph",
     "cgcnn": "graph",
+    "chgnet_finetune": "crystal_graph",
     "mlp": "vector",
     "schnet": "graph",
 }
@@ -51,6 +53,7 @@ MODEL_INPUT_KINDS: dict[str, str] = {
 INPUT_FEATURIZERS: dict[str, tuple[str, ...]] = {
     "graph": ("graph",),
     "vector": ("composition", "chgnet"),
+    "crystal_graph": ("chgnet_graph",),
 }
 
 

@@ -132,7 +132,10 @@ def _lightning_module_class() -> type[L.LightningModule]:
             return pair[0] / pair[1].clamp(min=1)
 
         def configure_optimizers(self) -> Any:
-            return _optimizers(self.model.parameters(), self.train_config, self.trainer.max_epochs)
+            # fine-tuned pretrained models give their layers a lower learning rate than the head
+            groups = getattr(self.model, "param_groups", None)
+            parameters = groups(self.train_config.optim.lr) if callable(groups) else self.model.parameters()
+            return _optimizers(parameters, self.train_config, self.trainer.max_epochs)
 
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             # RNG states as they are now: the next epoch's shuffle / sampling / dropout draw from them

@@ -176,14 +176,14 @@ def preflight(config: TrainConfig) -> None:
     from matcard.featurize import featurizer_from_config
     from matcard.models import build_model
 
-    kind = config.featurizer_kind()
+    # the model first: chgnet_finetune's model.params.model_version also sets its featurizer's
+    build_model(config.model.name, 4, 2, **_model_params(config))
     try:
-        featurizer_from_config({"kind": kind, **config.featurizer.params})
+        featurizer_from_config(config.featurizer_settings())
     except MatcardError:
         raise
     except Exception as error:
         raise ConfigError(f"featurizer.params: {error}") from error
-    build_model(config.model.name, 4, 2, **_model_params(config))
     # per-class lists (weighted_ce weights, focal alpha) fix the class count; the data checks it later
     lists = [v for k, v in config.loss.params.items() if k in ("weights", "alpha") and isinstance(v, list)]
     n_classes = len(lists[0]) if lists and len(lists[0]) >= 2 else 2
@@ -198,6 +198,8 @@ def _model_params(config: TrainConfig) -> dict[str, Any]:
     from matcard.models import model_param_names
 
     params = dict(config.model.params)
+    if config.featurizer_kind() == "chgnet_graph":  # pinned in the bundle even when left at the default
+        params.setdefault("model_version", config.featurizer_settings()["model_version"])
     if "cutoff" in model_param_names(config.model.name) and "cutoff" not in params:
         params["cutoff"] = float(config.featurizer.params.get("cutoff", 8.0))
     return params
@@ -209,9 +211,9 @@ SAMPLERS = ("none", "class_balanced", "under")
 def _train_loader_and_graphs(config: TrainConfig, data: PreparedData) -> tuple[Any, list[Data]]:
     """Training DataLoader with the configured sampler, or resampled descriptors (imbalanced-learn)."""
     import torch
-    from torch_geometric.loader import DataLoader
 
     from matcard import losses
+    from matcard.loaders import make_loader
 
     graphs, y = data.subset("train")
     name = config.sampler.name.strip().lower().replace("-", "_")
@@ -236,18 +238,20 @@ def _train_loader_and_graphs(config: TrainConfig, data: PreparedData) -> tuple[A
             PygData(x=torch.as_tensor(row, dtype=torch.float32).view(1, -1), y=torch.tensor([int(label)]))
             for row, label in zip(x_res, y_res, strict=True)
         ]
+        y = np.asarray(y_res)
     elif name != "none":
         raise ConfigError(
             f"sampler.name: unknown sampler {config.sampler.name!r}; choose one of "
             f"{[*SAMPLERS, *sorted(losses.RESAMPLERS)]}"
         )
-    loader = DataLoader(
+    loader = make_loader(
+        config.featurizer_kind(),
         graphs,
+        y,
         batch_size=config.trainer.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=config.trainer.num_workers,
-        persistent_workers=config.trainer.num_workers > 0,
     )
     return loader, graphs
 
@@ -386,9 +390,9 @@ def _fit_and_finish(
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
-    from torch_geometric.loader import DataLoader
 
     from matcard import collapse, losses
+    from matcard.loaders import make_loader
     from matcard.models import build_model
 
     trainer_cfg = config.trainer
@@ -405,7 +409,9 @@ def _fit_and_finish(
         model.fit_input_scaling(torch.cat([g.x for g in data.subset("train")[0]]))
     loss = losses.build(config.loss.name, data.class_counts("train"), **config.loss.params)
     module = _lightning_module_class()(model, loss, config, n_classes, sampler=train_loader.sampler)
-    val_loader = DataLoader(data.subset("val")[0], batch_size=trainer_cfg.eval_batch_size, shuffle=False)
+    val_loader = make_loader(
+        config.featurizer_kind(), *data.subset("val"), batch_size=trainer_cfg.eval_batch_size
+    )
 
     best_checkpoint, last_checkpoint = checkpoint_callbacks(run_dir / "checkpoints")
     history_cls, progress_cls = _callback_classes()
@@ -671,7 +677,7 @@ def read_predictions(run_dir: str | Path, split: str | None = "test") -> Any:
 
 
 def _in_dim(data: PreparedData) -> int:
-    if getattr(data.featurizer, "kind", None) == "graph":
+    if getattr(data.featurizer, "kind", None) in ("graph", "chgnet_graph"):
         return int(data.featurizer.node_dim)
     return int(data.graphs[0].x.shape[1])
 

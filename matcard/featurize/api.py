@@ -72,11 +72,18 @@ def featurizer_from_config(
             return CompositionFeaturizer(CompositionFeaturizerConfig(**config))
         if kind == "chgnet":
             return ChgnetFeaturizer(ChgnetFeaturizerConfig(**config))
+        if kind == "chgnet_graph":  # model input for chgnet_finetune; not a FeatureStore kind
+            from matcard.featurize.chgnet_graphs import ChgnetGraphFeaturizer, ChgnetGraphFeaturizerConfig
+
+            return ChgnetGraphFeaturizer(ChgnetGraphFeaturizerConfig(**config))  # type: ignore[return-value]
     except ValidationError as error:
         first = error.errors()[0]
         field_name = ".".join(str(p) for p in first["loc"]) or "featurizer"
         raise ConfigError(f"featurizer.{field_name}: {first['msg']}") from error
-    raise ConfigError(f"featurizer.kind: unknown featurizer {kind!r} (expected one of {FEATURIZER_KINDS})")
+    raise ConfigError(
+        f"featurizer.kind: unknown featurizer {kind!r} "
+        f"(expected one of {(*FEATURIZER_KINDS, 'chgnet_graph')})"
+    )
 
 
 def make_featurizer(

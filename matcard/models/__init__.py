@@ -1,7 +1,8 @@
 """Model registry: one architecture per file, built by name.
 
 ``build_model(name, in_dim, n_classes, **params)`` returns a ``torch.nn.Module`` whose ``forward``
-takes a torch-geometric ``Batch`` and returns ``(logits, pooled_embedding)``.
+takes a batch (a torch-geometric ``Batch``; for chgnet_finetune a ``CrystalGraphBatch``) and returns
+``(logits, pooled_embedding)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from matcard.errors import ConfigError
 from matcard.models.alignn import ALIGNN
 from matcard.models.cgcnn import CGCNN
+from matcard.models.chgnet_finetune import ChgnetFinetune
 from matcard.models.mlp import CompositionMLP
 from matcard.models.schnet import SchNet
 
@@ -23,7 +25,9 @@ from matcard.models.schnet import SchNet
 class ModelSpec:
     name: str
     cls: type[nn.Module]
-    input_kind: str  # "graph" (periodic crystal graphs) or "vector" (composition or CHGNet features)
+    # "graph" (periodic crystal graphs), "vector" (composition or CHGNet features) or
+    # "crystal_graph" (CHGNet's own graphs, for fine-tuning CHGNet)
+    input_kind: str
     description: str
 
 
@@ -34,6 +38,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("schnet", SchNet, "graph", "SchNet continuous-filter convolutions on periodic graphs"),
         ModelSpec("alignn", ALIGNN, "graph", "ALIGNN-style: bond angles through the line graph, edge-gated"),
         ModelSpec("mlp", CompositionMLP, "vector", "MLP over per-structure vectors (composition, chgnet)"),
+        ModelSpec(
+            "chgnet_finetune",
+            ChgnetFinetune,
+            "crystal_graph",
+            "pretrained CHGNet, last interaction blocks fine-tuned under a classification head",
+        ),
     )
 }
 

@@ -7,8 +7,8 @@ from matcard.models import MODELS, available_models, build_model, model_param_na
 
 
 def test_registry_lists_one_architecture_per_file():
-    assert available_models() == ["alignn", "cgcnn", "mlp", "schnet"]
-    assert {spec.input_kind for spec in MODELS.values()} == {"graph", "vector"}
+    assert available_models() == ["alignn", "cgcnn", "chgnet_finetune", "mlp", "schnet"]
+    assert {spec.input_kind for spec in MODELS.values()} == {"graph", "vector", "crystal_graph"}
     assert model_spec("CGCNN").name == "cgcnn"
     assert "cutoff" in model_param_names("cgcnn")
 
