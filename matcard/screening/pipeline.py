@@ -43,6 +43,8 @@ from matcard.screening.shards import (
     prediction_schema,
 )
 from matcard.screening.worker import DecisionChoice, ShardItem, ShardOutput, ShardTask, TrainingDomain
+from matcard.structures.compact import as_structure
+from matcard.structures.records import structure_arrays_of
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 DEFAULT_BATCH_SIZE = 256
@@ -535,10 +537,12 @@ def _run(
                     if key in finished or key in seen:
                         continue
                     seen.add(key)
+                    arrays = structure_arrays_of(item)  # the reader's arrays: no Structure built here
+                    structure = arrays if arrays is not None else item.structure
                     shard_item = ShardItem(
-                        seq, str(item.id), str(item.source), item.structure, tuple(item.flags or ())
+                        seq, str(item.id), str(item.source), structure, tuple(item.flags or ())
                     )
-                    shard = planner.add(shard_item, len(item.structure))
+                    shard = planner.add(shard_item, len(structure))
                     if shard is not None:
                         dispatch(shard)
                 else:  # ReadFailure: committed with the shard being filled
@@ -781,7 +785,7 @@ class _AseWriter:
                 if existing:
                     self.db.update(existing[0], **pairs)
                 else:
-                    atoms = AseAtomsAdaptor.get_atoms(by_seq[row["seq"]].structure)
+                    atoms = AseAtomsAdaptor.get_atoms(as_structure(by_seq[row["seq"]].structure))
                     self.db.write(atoms, key_value_pairs=pairs)
 
     def close(self) -> None:

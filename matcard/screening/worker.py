@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from matcard.errors import plain_reason
+from matcard.structures.compact import CompactStructure, as_structure
 
 
 class ScreeningModel(Protocol):
@@ -31,7 +32,7 @@ class ShardItem:
     seq: int  # position in the input stream (keeps the output in input order)
     id: str
     source: str
-    structure: Any  # pymatgen Structure
+    structure: Any  # pymatgen Structure, or a CompactStructure (the reader's arrays, nothing built)
     flags: tuple[str, ...] = ()  # flags raised by the reader (cif warnings, disorder policy...)
 
 
@@ -127,12 +128,15 @@ def domain_flags(structure: Any, domain: TrainingDomain) -> list[str]:
 
     flags: list[str] = []
     symbols: list[str] = []
-    for element in structure.composition.elements:
-        symbol = getattr(element, "symbol", str(element))
-        if not Element.is_valid_symbol(symbol):  # dummy species, "X", "D" ...
-            flags.append(f"unknown_element:{symbol}")
-        else:
-            symbols.append(symbol)
+    if isinstance(structure, CompactStructure):  # real elements only, ordered: the same flags, cheaper
+        symbols = list(dict.fromkeys(structure.symbols))
+    else:
+        for element in structure.composition.elements:
+            symbol = getattr(element, "symbol", str(element))
+            if not Element.is_valid_symbol(symbol):  # dummy species, "X", "D" ...
+                flags.append(f"unknown_element:{symbol}")
+            else:
+                symbols.append(symbol)
     if domain.elements is not None:
         unseen = sorted(set(symbols) - domain.elements)
         flags.extend(f"unseen_element:{symbol}" for symbol in unseen)
@@ -157,6 +161,13 @@ def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
     import warnings
 
     build = getattr(featurizer, "build", None)
+    if isinstance(structure, CompactStructure):
+        if build is not None and getattr(featurizer, "accepts_arrays", False):
+            from matcard.featurize.graph import StructureArrays
+
+            structure = StructureArrays.from_compact(structure)  # what build() derives from a Structure
+        else:
+            structure = structure.to_structure()
     with warnings.catch_warnings():  # the featurizer's warnings become flags on the row instead
         warnings.simplefilter("ignore")
         if build is not None:
@@ -178,7 +189,7 @@ def _featurize_batch(featurizer: Any, structures: Sequence[Any]) -> list[Any] | 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return list(many(structures))
+            return list(many([as_structure(s) for s in structures]))
     except Exception:  # the batch itself broke: the per-item path isolates the culprit
         return None
 

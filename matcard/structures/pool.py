@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from matcard.console import make_progress
+from matcard.structures.compact import CompactStructure
 from matcard.structures.parsers import _parse_item
-from matcard.structures.records import Outcome, ReadFailure, _Item, _Options
+from matcard.structures.records import CompactRecord, Outcome, ReadFailure, StructureRecord, _Item, _Options
 
 
 # --------------------------------------------------------------------------------------------
@@ -34,7 +35,17 @@ def _worker_main(conn: multiprocessing.connection.Connection, options: _Options)
         if batch is None:
             return
         for index, item in batch:
-            conn.send((index, _parse_item(item, options)))
+            conn.send((index, [_for_transport(outcome) for outcome in _parse_item(item, options)]))
+
+
+def _for_transport(outcome: Outcome) -> Outcome:
+    """A record whose Structure can travel as arrays does (a fraction of the pickling cost on both
+    ends); the parent builds the Structure again only when asked for it, identical to this one."""
+    if type(outcome) is StructureRecord:
+        compact = CompactStructure.from_structure(outcome.structure)
+        if compact is not None:
+            return CompactRecord.from_record(outcome, compact)
+    return outcome
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
