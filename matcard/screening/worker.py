@@ -15,6 +15,7 @@ import numpy as np
 
 from matcard.errors import plain_reason
 from matcard.structures.compact import CompactStructure, as_structure
+from matcard.structures.records import StructureRecord, structure_arrays_of
 
 
 class ScreeningModel(Protocol):
@@ -34,6 +35,7 @@ class ShardItem:
     source: str
     structure: Any  # pymatgen Structure, or a CompactStructure (the reader's arrays, nothing built)
     flags: tuple[str, ...] = ()  # flags raised by the reader (cif warnings, disorder policy...)
+    features: Any = None  # the graph built in the reader's worker (GraphPreparer), or None: build here
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,53 @@ def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
     return data, [str(f) for f in (getattr(data, "flags", None) or ())]
 
 
+# --------------------------------------------------------------------------- graphs built by the reader
+
+# Larger structures are featurized in the shard: the reader's per-structure time limit is sized for
+# parsing, and a graph of this many atoms takes milliseconds, far inside it.
+PREPARE_MAX_ATOMS = 256
+
+
+class _PreparedFailure(Exception):
+    """A graph the reader's worker could not build: ``args`` = (plain reason, raw detail)."""
+
+
+class GraphPreparer:
+    """Reader hook (``iter_structures(prepare=...)``): build the graph of a record that carries arrays
+    in the worker that parsed it, so graph building runs in parallel with the shard loop.
+
+    Exactly what :func:`_featurize` would do with the same arrays (same builder, same flags; a
+    failure keeps its plain reason and detail); the shard turns the arrays into ``Data``.
+    """
+
+    def __init__(self, featurizer: Any, max_atoms: int = PREPARE_MAX_ATOMS) -> None:
+        self.featurizer = featurizer
+        self.max_atoms = max_atoms
+
+    def __call__(self, outcome: Any) -> Any:
+        import warnings
+
+        from matcard.featurize.graph import StructureArrays
+
+        arrays = structure_arrays_of(outcome) if isinstance(outcome, StructureRecord) else None
+        if arrays is None or len(arrays) > self.max_atoms:
+            return outcome
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outcome.features = self.featurizer.build(StructureArrays.from_compact(arrays))
+        except Exception as exc:
+            outcome.features = _PreparedFailure(*plain_reason(exc))
+        return outcome
+
+
+def _from_prepared(features: Any) -> tuple[Any, list[str]]:
+    """``Data`` and flags from what :class:`GraphPreparer` built (or its failure, raised)."""
+    if isinstance(features, _PreparedFailure):
+        raise features
+    return features.to_data(), [str(f) for f in features.flags]
+
+
 def _featurize_batch(featurizer: Any, structures: Sequence[Any]) -> list[Any] | None:
     """Featurizers with a batched path (CHGNet runs its network on many structures at once) featurize
     the whole batch: per structure ``Data`` or the exception for it; None = featurize one by one."""
@@ -249,7 +298,9 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
         for index, item in enumerate(batch):
             try:
                 flags = [*item.flags, *domain_flags(item.structure, task.domain)]
-                if batched is None:
+                if item.features is not None:
+                    data, featurizer_flags = _from_prepared(item.features)
+                elif batched is None:
                     data, featurizer_flags = _featurize(model.featurizer, item.structure)
                 elif isinstance(batched[index], Exception):
                     raise batched[index]
@@ -259,7 +310,7 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
                     if flag not in flags:
                         flags.append(flag)
             except Exception as exc:  # one bad structure never stops the shard
-                reason, detail = plain_reason(exc)
+                reason, detail = exc.args if isinstance(exc, _PreparedFailure) else plain_reason(exc)
                 errors.append((item.seq, item.id, item.source, f"cannot featurize: {reason}", detail))
                 continue
             ready.append((item, data, flags))

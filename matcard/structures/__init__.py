@@ -44,7 +44,7 @@ Disorder policy (``disorder=``)
 # ruff: noqa: F401  (re-exports: every name the single-module version had keeps importing from here)
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from matcard.errors import UsageError
@@ -146,6 +146,7 @@ def iter_structures(
     progress: bool = False,
     include_skipped: bool = False,
     cif_parser: str | None = None,
+    prepare: Callable[[Outcome], Outcome] | None = None,
 ) -> Iterator[StructureRecord | ReadFailure]:
     """Stream records and failures from ``sources`` in input order (see module docstring).
 
@@ -153,6 +154,8 @@ def iter_structures(
     with a SIGALRM time limit in the main thread only). ``timeout``: seconds per structure file or
     table row (None: no limit). Non-structure files met in folders are yielded as :class:`Skipped`
     (a ReadFailure subclass) only when ``include_skipped`` is set. Bad options raise at once.
+    ``prepare``: a picklable callable run on every outcome in the worker that parsed it, its result
+    yielded instead (screening builds graphs there, in parallel); it runs under the same time limit.
     """
     if disorder not in DISORDER_POLICIES:
         raise UsageError(f"disorder must be one of {', '.join(DISORDER_POLICIES)}, got {disorder!r}")
@@ -161,7 +164,10 @@ def iter_structures(
     if workers is not None and workers < 0:
         raise UsageError(f"workers must be >= 0, got {workers}")
     options = _Options(
-        disorder=disorder, occupancy_tolerance=occupancy_tolerance, cif_parser=resolve_cif_parser(cif_parser)
+        disorder=disorder,
+        occupancy_tolerance=occupancy_tolerance,
+        cif_parser=resolve_cif_parser(cif_parser),
+        prepare=prepare,
     )
     table_options = {"cif_column": cif_column, "id_column": id_column, "label_column": label_column}
     entries = _source_entries(sources, table_options, recursive)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +41,9 @@ class CompactRecord(StructureRecord):
     """
 
     compact: CompactStructure | None
+    # What a reader ``prepare`` hook computed from the arrays in the worker that parsed them
+    # (screening: the graph), so the caller need not; None when no hook ran.
+    features: Any = None
 
     @property  # type: ignore[override]
     def structure(self) -> Structure:
@@ -151,6 +155,8 @@ class _Options:
     occupancy_tolerance: float = 1.0
     site_tolerance: float = 1e-4
     cif_parser: str = "fast"  # "fast" (gemmi, pymatgen fallback) | "pymatgen" (the reference path)
+    # Applied to every outcome in the process that parsed it (see iter_structures); never raises.
+    prepare: Callable[[Outcome], Outcome] | None = None
 
 
 Outcome = StructureRecord | ReadFailure
