@@ -16,6 +16,7 @@ The reference path can be forced with ``MATCARD_CIF_PARSER=pymatgen`` (or ``cif_
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -136,10 +137,15 @@ def parse_cif_compact(
 
 
 def _str2float(text: str) -> float:
+    """pymatgen's str2float: uncertainty brackets stripped, "." read as 0; unreadable text falls back."""
+    try:  # the common case first: float() never accepts "(", so stripping could not change its value
+        return float(text)
+    except ValueError:
+        pass
     if text.strip() == ".":
         return 0.0
     try:
-        return float(_UNCERTAINTY.sub("", text) if "(" in text else text)
+        return float(_UNCERTAINTY.sub("", text))
     except ValueError as err:
         raise _Fallback from err
 
@@ -218,13 +224,25 @@ def _lattice(pairs: dict[str, str]) -> np.ndarray:
     except KeyError as err:
         raise _Fallback from err
     matrix = _matrix_from_parameters(a, b, c, angles)
-    try:  # interplanar spacings of (100), (010), (001): 1 / |reciprocal vector|
-        spacings = 1.0 / np.linalg.norm(np.linalg.inv(matrix), axis=0)
-    except np.linalg.LinAlgError as err:
-        raise _Fallback from err
-    if not np.all(spacings > 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
+    if not _thicker_than(matrix.tolist(), 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
         raise _Fallback
     return matrix
+
+
+def _thicker_than(rows: list[list[float]], limit: float) -> bool:
+    """Every interplanar spacing of (100), (010), (001), volume / |cross of the other two rows|,
+    above ``limit``; non-finite cells are not. Plain floats: a few microseconds, where inverting the
+    matrix with NumPy costs tens (the margin makes rounding differences irrelevant)."""
+    crosses = []
+    for i in range(3):
+        (u0, u1, u2), (v0, v1, v2) = rows[(i + 1) % 3], rows[(i + 2) % 3]
+        crosses.append((u1 * v2 - u2 * v1, u2 * v0 - u0 * v2, u0 * v1 - u1 * v0))
+    volume = abs(sum(x * y for x, y in zip(rows[0], crosses[0], strict=True)))
+    for cx, cy, cz in crosses:
+        norm = math.sqrt(cx * cx + cy * cy + cz * cz)
+        if not (norm > 0 and volume / norm > limit):  # written so that NaN fails too
+            return False
+    return True
 
 
 def _matrix_from_parameters(a: float, b: float, c: float, angles: list[float]) -> np.ndarray:
@@ -236,7 +254,8 @@ def _matrix_from_parameters(a: float, b: float, c: float, angles: list[float]) -
     radians = np.radians(angles)
     cos_alpha, cos_beta, cos_gamma = np.cos(radians)
     sin_alpha, sin_beta, _ = np.sin(radians)
-    gamma_star = np.arccos(np.clip((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta), -1, 1))
+    # min/max clip the NumPy scalar as np.clip does (NaN passes through), at a fraction of its cost
+    gamma_star = np.arccos(min(max((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta), -1.0), 1.0))
     rows = [
         [a * sin_beta, 0.0, a * cos_beta],
         [-b * sin_alpha * np.cos(gamma_star), b * sin_alpha * np.sin(gamma_star), b * cos_alpha],
@@ -310,8 +329,16 @@ def _refuse_shared_positions(
         raise _Fallback
 
 
+_IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
 def _is_identity_only(rotations: np.ndarray, translations: np.ndarray) -> bool:
-    return len(rotations) == 1 and not translations[0].any() and bool((rotations[0] == np.eye(3)).all())
+    # plain lists: comparing through NumPy (np.eye, .all) costs more than the P1 work it saves
+    return (
+        len(rotations) == 1
+        and translations[0].tolist() == [0.0, 0.0, 0.0]
+        and (rotations[0].tolist() == _IDENTITY)
+    )
 
 
 @lru_cache(maxsize=512)

@@ -111,3 +111,18 @@ def test_pool_hands_back_arrays_with_the_same_records_and_failures(
     assert [(f.source, f.reason) for f in failures] == [(f.source, f.reason) for f in inline.failures]
     for ours, reference in zip(records, inline.records, strict=True):
         _identical(ours.structure, reference.structure)
+
+
+def test_thickness_guard_matches_the_reciprocal_lattice() -> None:
+    from matcard.structures.fastcif import _thicker_than
+
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        matrix = rng.normal(size=(3, 3)) * rng.uniform(0.001, 10.0)
+        spacings = 1.0 / np.linalg.norm(np.linalg.inv(matrix), axis=0)
+        for limit in (0.5 * spacings.min(), 2.0 * spacings.min()):
+            assert _thicker_than(matrix.tolist(), limit) == bool(np.all(spacings > limit))
+    flat = [[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.005]]
+    assert not _thicker_than(flat, 0.011)
+    assert not _thicker_than([[float("nan"), 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]], 0.011)
+    assert not _thicker_than([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 4.0]], 0.011)  # collinear rows
