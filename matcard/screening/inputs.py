@@ -30,6 +30,7 @@ def reader_hook(backend: Backend, model: Any) -> GraphPreparer | None:
 
 
 def iter_items(sources: list[Any], disorder: str, timeout: float, prepare: Any) -> Generator[Any, None, None]:
+    """Records and failures of ``sources`` in input order, read ahead by a background thread."""
     return prefetch(_read_sources(sources, disorder, timeout, prepare), PREFETCH_ITEMS)
 
 

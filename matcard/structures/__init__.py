@@ -21,7 +21,9 @@ Time limit
     per structure, so a 14k-row CSV pays no per-structure process cost. Sources are expanded
     lazily (tables in chunks) and results come back in input order through a bounded window.
     Inside a daemonic process (a Pool worker), or with ``workers=0``, parsing runs in-process with
-    a best-effort SIGALRM limit.
+    a best-effort SIGALRM limit. A plain structure comes back from a worker as flat arrays in a
+    ``CompactRecord`` (a StructureRecord whose ``.structure`` is built on first access, identical
+    to the parsed one): unpickling a Structure per record would cost the parent more than parsing.
 
 Data-quality flags
     pymatgen warnings that mean the parsed structure differs from what the file says become
