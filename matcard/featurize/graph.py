@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
     from torch_geometric.data import Data
 
+    from matcard.structures.compact import CompactStructure
+
 # Distinct sites closer than this are a broken structure (duplicated atoms), not a graph.
 MIN_SITE_DISTANCE = 0.1  # Å
 _SELF_TOL = 1e-8
@@ -134,6 +136,15 @@ class StructureArrays:
                 occus.append(occ)
         occupancy = (np.array(sites, dtype=np.int64), np.array(zs, dtype=np.int64), np.array(occus))
         return cls(lattice, cart, np.array(majority, dtype=np.int64), pbc, occupancy)
+
+    @classmethod
+    def from_compact(cls, compact: CompactStructure) -> StructureArrays:
+        """The same arrays :meth:`from_structure` gives for ``compact.to_structure()``, without it."""
+        if len(compact) == 0:
+            raise FeaturizationError("structure has no sites")
+        lattice = np.ascontiguousarray(compact.lattice, dtype=float)
+        cart = np.ascontiguousarray(compact.frac_coords @ lattice)
+        return cls(lattice, cart, compact.numbers.astype(np.int64, copy=False), np.ones(3, dtype=np.int64))
 
 
 def _neighbor_search(arrays: StructureArrays, cutoff: float) -> tuple[np.ndarray, ...]:
@@ -261,6 +272,7 @@ class GraphFeaturizer:
     """Callable turning a structure into a periodic crystal graph (``Data``)."""
 
     kind = "graph"
+    accepts_arrays = True  # build() takes StructureArrays: screening skips building Structures
 
     def __init__(
         self, config: GraphFeaturizerConfig | dict[str, Any] | None = None, **overrides: Any

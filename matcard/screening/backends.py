@@ -26,6 +26,10 @@ class Backend:
 
     name = "base"
     max_in_flight = 1
+    # Build graphs in the structure reader's worker processes (GraphPreparer): worth it only where
+    # the shards run in this process, which would otherwise featurize serially; shard workers of
+    # the other backends featurize in parallel already and would receive the graphs pickled twice.
+    prepare_in_reader = False
 
     def submit(self, task: ShardTask) -> Any:
         raise NotImplementedError
@@ -48,6 +52,7 @@ class InProcessBackend(Backend):
     """Runs each shard synchronously in the calling process (``workers=1``)."""
 
     name = "in-process"
+    prepare_in_reader = True
 
     def __init__(self, model: Any) -> None:
         import torch

@@ -1,8 +1,10 @@
 """``screen()``: stream structures through a trained model into ranked, resumable results.
 
-read (main process, streaming) -> atom-balanced shards -> featurize + predict + flag (in process,
-local worker processes or Dask) -> each finished shard committed to the shard store -> merge into
-``out`` (CSV or Parquet by extension), ``<out stem>.errors.csv`` and the ranked shortlist.
+read (main process, streaming: inputs.py) -> atom-balanced shards -> featurize + predict + flag (in
+process, local worker processes or Dask) -> each finished shard committed to the shard store -> merge
+into ``out`` (CSV or Parquet by extension), ``<out stem>.errors.csv`` and the ranked shortlist. With
+the in-process backend the reader's worker processes also build the graphs (worker.GraphPreparer),
+so that parsing and graph building run in parallel with prediction.
 
 Memory stays bounded: the reader streams, at most ``2 x workers`` shards are in flight, results go
 to disk shard by shard, and the merge and shortlist read one shard part at a time.
@@ -10,15 +12,12 @@ to disk shard by shard, and the merge and shortlist read one shard part at a tim
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from matcard.screening.fingerprint import (
     is_structure_object,
     list_input_files,
 )
+from matcard.screening.inputs import iter_items, reader_hook
 from matcard.screening.shards import (
     ERROR_SCHEMA,
     ShardPlanner,
@@ -43,10 +43,11 @@ from matcard.screening.shards import (
     prediction_schema,
 )
 from matcard.screening.worker import DecisionChoice, ShardItem, ShardOutput, ShardTask, TrainingDomain
+from matcard.structures.compact import as_structure
+from matcard.structures.records import StructureRecord, structure_arrays_of
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 DEFAULT_BATCH_SIZE = 256
-PREFETCH_ITEMS = 1024  # parsed structures buffered between the reader thread and the shard loop
 
 
 @dataclass
@@ -341,19 +342,6 @@ def _load_registry_dataset(name: str) -> Any:
     return dataset
 
 
-def _dataset_items(dataset: Any) -> Iterator[Any]:
-    """Failures recorded when the dataset was parsed, then its structures one at a time."""
-    from matcard.structures import StructureRecord
-
-    yield from dataset.failures
-    store = dataset.store
-    sources = dataset.table["source"].tolist() if "source" in dataset.table.columns else None
-    for index, item_id in enumerate(dataset.ids):
-        source = str(sources[index]) if sources is not None else f"{dataset.name}#row={index}"
-        flags = tuple(store.flags[index]) if index < len(store.flags) else ()
-        yield StructureRecord(id=item_id, source=source, structure=store.structure(index), flags=flags)
-
-
 # --------------------------------------------------------------------------- the streaming loop
 
 
@@ -361,80 +349,6 @@ def _dataset_items(dataset: Any) -> Iterator[Any]:
 class _Pending:
     task: ShardTask
     read_failures: list[tuple[int, str, str, str, str]]
-
-
-def _iter_items(sources: list[Any], disorder: str, timeout: float) -> Generator[Any, None, None]:
-    return _prefetch(_read_sources(sources, disorder, timeout), PREFETCH_ITEMS)
-
-
-def _read_sources(sources: list[Any], disorder: str, timeout: float) -> Iterator[Any]:
-    """Records and failures of every input in order; consecutive paths share one reader pool."""
-    from matcard.structures import iter_structures
-
-    for_reader: list[Any] = []
-    for source in [*sources, None]:
-        if isinstance(source, str) or is_structure_object(source):
-            for_reader.append(source)
-            continue
-        if for_reader:
-            yield from iter_structures(*for_reader, disorder=disorder, timeout=timeout)
-            for_reader = []
-        if source is None:
-            break
-        if is_record(source):
-            yield source
-        else:
-            yield from _dataset_items(source)
-
-
-_END = object()
-
-
-def _prefetch(iterator: Iterator[Any], maxsize: int) -> Generator[Any, None, None]:
-    """Drain ``iterator`` in a background thread into a bounded queue.
-
-    The reader's parser processes only run ahead as far as their pipes allow; a thread that keeps
-    draining them lets parsing overlap with featurizing and predicting in this process (torch and
-    the neighbour search release the GIL), while the queue bound keeps memory flat.
-    """
-    items: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-    stop = threading.Event()
-
-    def pump() -> None:
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the consumer, raised there
-            items.put((_END, exc))
-            return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()  # stops the reader's worker processes
-        items.put((_END, None))
-
-    thread = threading.Thread(target=pump, name="matcard-screen-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
-                if item[1] is not None:
-                    raise item[1]
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a pump waiting on a full queue, then let it finish
-            with contextlib.suppress(queue.Empty):
-                items.get(timeout=0.1)
 
 
 def _run(
@@ -524,21 +438,25 @@ def _run(
                 pending[backend.submit(task)] = entry
                 collect([f for f in pending if f.done()])  # commit early: a kill loses less
 
-            stream = _iter_items(sources, disorder, timeout)
+            stream = iter_items(sources, disorder, timeout, reader_hook(backend, model))
             for seq, item in enumerate(stream):
                 if seq % 256 == 0:
                     bar.update(job, description=f"screening (read {seq:,})")
                 if is_own_file(str(item.source), own):
                     continue  # this screen's output or parts inside an input folder are not inputs
-                if hasattr(item, "structure"):
+                # isinstance first: hasattr would build a CompactRecord's Structure just to look
+                if isinstance(item, StructureRecord) or hasattr(item, "structure"):
                     key = item_key(str(item.id), str(item.source))
                     if key in finished or key in seen:
                         continue
                     seen.add(key)
+                    arrays = structure_arrays_of(item)  # the reader's arrays: no Structure built here
+                    structure = arrays if arrays is not None else item.structure
+                    features = getattr(item, "features", None)
                     shard_item = ShardItem(
-                        seq, str(item.id), str(item.source), item.structure, tuple(item.flags or ())
+                        seq, str(item.id), str(item.source), structure, tuple(item.flags or ()), features
                     )
-                    shard = planner.add(shard_item, len(item.structure))
+                    shard = planner.add(shard_item, len(structure))
                     if shard is not None:
                         dispatch(shard)
                 else:  # ReadFailure: committed with the shard being filled
@@ -781,7 +699,7 @@ class _AseWriter:
                 if existing:
                     self.db.update(existing[0], **pairs)
                 else:
-                    atoms = AseAtomsAdaptor.get_atoms(by_seq[row["seq"]].structure)
+                    atoms = AseAtomsAdaptor.get_atoms(as_structure(by_seq[row["seq"]].structure))
                     self.db.write(atoms, key_value_pairs=pairs)
 
     def close(self) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from matcard.errors import plain_reason
+from matcard.structures.compact import CompactStructure, as_structure
+from matcard.structures.records import StructureRecord, structure_arrays_of
 
 
 class ScreeningModel(Protocol):
@@ -31,8 +33,9 @@ class ShardItem:
     seq: int  # position in the input stream (keeps the output in input order)
     id: str
     source: str
-    structure: Any  # pymatgen Structure
+    structure: Any  # pymatgen Structure, or a CompactStructure (the reader's arrays, nothing built)
     flags: tuple[str, ...] = ()  # flags raised by the reader (cif warnings, disorder policy...)
+    features: Any = None  # the graph built in the reader's worker (GraphPreparer), or None: build here
 
 
 @dataclass(frozen=True)
@@ -127,12 +130,15 @@ def domain_flags(structure: Any, domain: TrainingDomain) -> list[str]:
 
     flags: list[str] = []
     symbols: list[str] = []
-    for element in structure.composition.elements:
-        symbol = getattr(element, "symbol", str(element))
-        if not Element.is_valid_symbol(symbol):  # dummy species, "X", "D" ...
-            flags.append(f"unknown_element:{symbol}")
-        else:
-            symbols.append(symbol)
+    if isinstance(structure, CompactStructure):  # real elements only, ordered: the same flags, cheaper
+        symbols = list(dict.fromkeys(structure.symbols))
+    else:
+        for element in structure.composition.elements:
+            symbol = getattr(element, "symbol", str(element))
+            if not Element.is_valid_symbol(symbol):  # dummy species, "X", "D" ...
+                flags.append(f"unknown_element:{symbol}")
+            else:
+                symbols.append(symbol)
     if domain.elements is not None:
         unseen = sorted(set(symbols) - domain.elements)
         flags.extend(f"unseen_element:{symbol}" for symbol in unseen)
@@ -157,6 +163,13 @@ def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
     import warnings
 
     build = getattr(featurizer, "build", None)
+    if isinstance(structure, CompactStructure):
+        if build is not None and getattr(featurizer, "accepts_arrays", False):
+            from matcard.featurize.graph import StructureArrays
+
+            structure = StructureArrays.from_compact(structure)  # what build() derives from a Structure
+        else:
+            structure = structure.to_structure()
     with warnings.catch_warnings():  # the featurizer's warnings become flags on the row instead
         warnings.simplefilter("ignore")
         if build is not None:
@@ -165,6 +178,53 @@ def _featurize(featurizer: Any, structure: Any) -> tuple[Any, list[str]]:
                 return graph.to_data(), [str(f) for f in getattr(graph, "flags", ())]
         data = featurizer(structure)
     return data, [str(f) for f in (getattr(data, "flags", None) or ())]
+
+
+# --------------------------------------------------------------------------- graphs built by the reader
+
+# Larger structures are featurized in the shard: the reader's per-structure time limit is sized for
+# parsing, and a graph of this many atoms takes milliseconds, far inside it.
+PREPARE_MAX_ATOMS = 256
+
+
+class _PreparedFailure(Exception):
+    """A graph the reader's worker could not build: ``args`` = (plain reason, raw detail)."""
+
+
+class GraphPreparer:
+    """Reader hook (``iter_structures(prepare=...)``): build the graph of a record that carries arrays
+    in the worker that parsed it, so graph building runs in parallel with the shard loop.
+
+    Exactly what :func:`_featurize` would do with the same arrays (same builder, same flags; a
+    failure keeps its plain reason and detail); the shard turns the arrays into ``Data``.
+    """
+
+    def __init__(self, featurizer: Any, max_atoms: int = PREPARE_MAX_ATOMS) -> None:
+        self.featurizer = featurizer
+        self.max_atoms = max_atoms
+
+    def __call__(self, outcome: Any) -> Any:
+        import warnings
+
+        from matcard.featurize.graph import StructureArrays
+
+        arrays = structure_arrays_of(outcome) if isinstance(outcome, StructureRecord) else None
+        if arrays is None or len(arrays) > self.max_atoms:
+            return outcome
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outcome.features = self.featurizer.build(StructureArrays.from_compact(arrays))
+        except Exception as exc:
+            outcome.features = _PreparedFailure(*plain_reason(exc))
+        return outcome
+
+
+def _from_prepared(features: Any) -> tuple[Any, list[str]]:
+    """``Data`` and flags from what :class:`GraphPreparer` built (or its failure, raised)."""
+    if isinstance(features, _PreparedFailure):
+        raise features
+    return features.to_data(), [str(f) for f in features.flags]
 
 
 def _featurize_batch(featurizer: Any, structures: Sequence[Any]) -> list[Any] | None:
@@ -178,7 +238,7 @@ def _featurize_batch(featurizer: Any, structures: Sequence[Any]) -> list[Any] | 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return list(many(structures))
+            return list(many([as_structure(s) for s in structures]))
     except Exception:  # the batch itself broke: the per-item path isolates the culprit
         return None
 
@@ -238,7 +298,9 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
         for index, item in enumerate(batch):
             try:
                 flags = [*item.flags, *domain_flags(item.structure, task.domain)]
-                if batched is None:
+                if item.features is not None:
+                    data, featurizer_flags = _from_prepared(item.features)
+                elif batched is None:
                     data, featurizer_flags = _featurize(model.featurizer, item.structure)
                 elif isinstance(batched[index], Exception):
                     raise batched[index]
@@ -248,7 +310,7 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
                     if flag not in flags:
                         flags.append(flag)
             except Exception as exc:  # one bad structure never stops the shard
-                reason, detail = plain_reason(exc)
+                reason, detail = exc.args if isinstance(exc, _PreparedFailure) else plain_reason(exc)
                 errors.append((item.seq, item.id, item.source, f"cannot featurize: {reason}", detail))
                 continue
             ready.append((item, data, flags))

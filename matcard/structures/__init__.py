@@ -21,7 +21,9 @@ Time limit
     per structure, so a 14k-row CSV pays no per-structure process cost. Sources are expanded
     lazily (tables in chunks) and results come back in input order through a bounded window.
     Inside a daemonic process (a Pool worker), or with ``workers=0``, parsing runs in-process with
-    a best-effort SIGALRM limit.
+    a best-effort SIGALRM limit. A plain structure comes back from a worker as flat arrays in a
+    ``CompactRecord`` (a StructureRecord whose ``.structure`` is built on first access, identical
+    to the parsed one): unpickling a Structure per record would cost the parent more than parsing.
 
 Data-quality flags
     pymatgen warnings that mean the parsed structure differs from what the file says become
@@ -44,7 +46,7 @@ Disorder policy (``disorder=``)
 # ruff: noqa: F401  (re-exports: every name the single-module version had keeps importing from here)
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from matcard.errors import UsageError
@@ -146,6 +148,7 @@ def iter_structures(
     progress: bool = False,
     include_skipped: bool = False,
     cif_parser: str | None = None,
+    prepare: Callable[[Outcome], Outcome] | None = None,
 ) -> Iterator[StructureRecord | ReadFailure]:
     """Stream records and failures from ``sources`` in input order (see module docstring).
 
@@ -153,6 +156,8 @@ def iter_structures(
     with a SIGALRM time limit in the main thread only). ``timeout``: seconds per structure file or
     table row (None: no limit). Non-structure files met in folders are yielded as :class:`Skipped`
     (a ReadFailure subclass) only when ``include_skipped`` is set. Bad options raise at once.
+    ``prepare``: a picklable callable run on every outcome in the worker that parsed it, its result
+    yielded instead (screening builds graphs there, in parallel); it runs under the same time limit.
     """
     if disorder not in DISORDER_POLICIES:
         raise UsageError(f"disorder must be one of {', '.join(DISORDER_POLICIES)}, got {disorder!r}")
@@ -161,7 +166,10 @@ def iter_structures(
     if workers is not None and workers < 0:
         raise UsageError(f"workers must be >= 0, got {workers}")
     options = _Options(
-        disorder=disorder, occupancy_tolerance=occupancy_tolerance, cif_parser=resolve_cif_parser(cif_parser)
+        disorder=disorder,
+        occupancy_tolerance=occupancy_tolerance,
+        cif_parser=resolve_cif_parser(cif_parser),
+        prepare=prepare,
     )
     table_options = {"cif_column": cif_column, "id_column": id_column, "label_column": label_column}
     entries = _source_entries(sources, table_options, recursive)

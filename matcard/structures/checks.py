@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from matcard.structures.records import Outcome, ReadFailure, StructureRecord, _Options
+from matcard.structures.compact import CompactStructure
+from matcard.structures.records import CompactRecord, Outcome, ReadFailure, StructureRecord, _Options
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -48,7 +49,7 @@ def _apply_disorder(structure: Structure, policy: str) -> tuple[Structure | None
 
 
 def _finish(
-    structure: Structure,
+    structure: Structure | CompactStructure,
     item_id: str,
     source: str,
     label: object | None,
@@ -61,10 +62,13 @@ def _finish(
         return ReadFailure(source, "no atomic sites")
     if structure.volume < 1e-3:
         return ReadFailure(source, f"degenerate cell (volume {structure.volume:.3g} Å^3)")
-    kept, disorder_flags = _apply_disorder(structure, options.disorder)
+    # A CompactStructure answers len / volume / is_ordered as the Structure would: same checks, same
+    # reasons, and the record keeps the arrays (ordered by construction, so no disorder policy applies).
+    kept, disorder_flags = _apply_disorder(structure, options.disorder)  # type: ignore[arg-type]
     if kept is None:
         return ReadFailure(source, "disordered")
-    return StructureRecord(
+    kind = CompactRecord if isinstance(kept, CompactStructure) else StructureRecord
+    return kind(
         id=item_id,
         source=source,
         structure=kept,

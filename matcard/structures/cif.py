@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from matcard.structures.checks import _finish
-from matcard.structures.fastcif import parse_cif_fast
+from matcard.structures.compact import CompactStructure
+from matcard.structures.fastcif import parse_cif_compact
 from matcard.structures.reasons import plain_reason
 from matcard.structures.records import Outcome, ReadFailure, _Options
 
@@ -108,9 +109,9 @@ def _parse_cif_text(
         flags, kept = classify_warnings(messages)
         return structures[0], flags, kept
 
-    def parse_single(cif_text: str) -> tuple[Structure, tuple[str, ...], tuple[str, ...]]:
+    def parse_single(cif_text: str) -> tuple[Structure | CompactStructure, tuple[str, ...], tuple[str, ...]]:
         if options.cif_parser == "fast":  # gemmi, when it reproduces pymatgen exactly (else None)
-            fast = parse_cif_fast(cif_text, site_tolerance=options.site_tolerance)
+            fast = parse_cif_compact(cif_text, site_tolerance=options.site_tolerance)
             if fast is not None:
                 return (fast[0], *classify_warnings(fast[1]))
         return parse_one(cif_text)

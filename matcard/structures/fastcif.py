@@ -1,19 +1,22 @@
-"""Fast CIF path: gemmi reads the text, NumPy expands the symmetry, pymatgen builds the Structure.
+"""Fast CIF path: gemmi reads the text, NumPy expands the symmetry; no pymatgen objects are built.
 
-``parse_cif_fast(text)`` returns the ``Structure`` pymatgen's ``CifParser(...).parse_structures(
-primitive=False)`` would return (same lattice, species, fractional coordinates, labels and site order)
-plus the parser warnings pymatgen would record, or ``None`` when the file is outside what this path
-reproduces exactly. The caller then parses with pymatgen, so flags and failures never depend on the
-path taken. Accepted: one data block whose tags are all in a known list (no magnetic, oxidation-state,
-attached-hydrogen or other tags pymatgen acts on), explicit symmetry operations in a loop, plain
-element type symbols, every occupancy exactly 1, no two sites on one position, a cell thicker than
-pymatgen's 0.01 Å guard, and a formula tag that agrees with the sites. Everything else falls back.
+``parse_cif_compact(text)`` returns the structure as flat arrays (:class:`CompactStructure`) and
+``parse_cif_fast(text)`` the ``Structure`` built from them: the structure pymatgen's
+``CifParser(...).parse_structures(primitive=False)`` would return (same lattice, species, fractional
+coordinates, labels and site order) plus the parser warnings pymatgen would record, or ``None`` when
+the file is outside what this path reproduces exactly. The caller then parses with pymatgen, so
+flags and failures never depend on the path taken. Accepted: one data block whose tags are all in a
+known list (no magnetic, oxidation-state, attached-hydrogen or other tags pymatgen acts on),
+explicit symmetry operations in a loop, plain element type symbols, every occupancy exactly 1, no
+two sites on one position, a cell thicker than pymatgen's 0.01 Å guard, and a formula tag that
+agrees with the sites. Everything else falls back.
 
 The reference path can be forced with ``MATCARD_CIF_PARSER=pymatgen`` (or ``cif_parser="pymatgen"``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matcard.errors import UsageError
+from matcard.structures.compact import CompactStructure
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -116,6 +120,14 @@ def resolve_cif_parser(value: str | None = None) -> str:
 
 def parse_cif_fast(text: str, *, site_tolerance: float = 1e-4) -> tuple[Structure, list[str]] | None:
     """(structure, pymatgen's parser warnings) for a CIF this path reproduces exactly, else None."""
+    parsed = parse_cif_compact(text, site_tolerance=site_tolerance)
+    return None if parsed is None else (parsed[0].to_structure(), parsed[1])
+
+
+def parse_cif_compact(
+    text: str, *, site_tolerance: float = 1e-4
+) -> tuple[CompactStructure, list[str]] | None:
+    """:func:`parse_cif_fast` without building the Structure: the arrays it would be built from."""
     try:
         return _parse(text, site_tolerance)
     except _Fallback:
@@ -125,15 +137,20 @@ def parse_cif_fast(text: str, *, site_tolerance: float = 1e-4) -> tuple[Structur
 
 
 def _str2float(text: str) -> float:
+    """pymatgen's str2float: uncertainty brackets stripped, "." read as 0; unreadable text falls back."""
+    try:  # the common case first: float() never accepts "(", so stripping could not change its value
+        return float(text)
+    except ValueError:
+        pass
     if text.strip() == ".":
         return 0.0
     try:
-        return float(_UNCERTAINTY.sub("", text) if "(" in text else text)
+        return float(_UNCERTAINTY.sub("", text))
     except ValueError as err:
         raise _Fallback from err
 
 
-def _parse(text: str, site_tolerance: float) -> tuple[Structure, list[str]]:
+def _parse(text: str, site_tolerance: float) -> tuple[CompactStructure, list[str]]:
     import gemmi
 
     doc = gemmi.cif.read_string(text)
@@ -150,7 +167,7 @@ def _parse(text: str, site_tolerance: float) -> tuple[Structure, list[str]]:
     _refuse_shared_positions(coords, rotations, translations, site_tolerance)
     species, frac, site_labels = _expand(symbols, labels, coords, rotations, translations, site_tolerance)
     _check_formula(pairs, species)
-    structure = _build(lattice, species, frac, site_labels)
+    structure = _ordered(lattice, species, frac, site_labels)
     messages = []
     if n_rounded:  # the very message pymatgen records, so the flag is the same
         messages.append(
@@ -198,22 +215,53 @@ def _block_items(block: Any) -> tuple[dict[str, str], dict[str, Any]]:
     return pairs, loops
 
 
-def _lattice(pairs: dict[str, str]) -> Any:
-    from pymatgen.core import Lattice
-
+def _lattice(pairs: dict[str, str]) -> np.ndarray:
+    """The lattice matrix ``Lattice.from_parameters`` gives, computed here with the same operations in
+    the same order (so the same floats) without building a Lattice; flat cells fall back."""
     try:
-        lengths = [_str2float(pairs[f"_cell_length_{k}"]) for k in "abc"]
+        a, b, c = (_str2float(pairs[f"_cell_length_{k}"]) for k in "abc")
         angles = [_str2float(pairs[f"_cell_angle_{k}"]) for k in ("alpha", "beta", "gamma")]
     except KeyError as err:
         raise _Fallback from err
-    lattice = Lattice.from_parameters(*lengths, *angles)
-    try:  # interplanar spacings of (100), (010), (001): 1 / |reciprocal vector|
-        spacings = 1.0 / np.linalg.norm(np.linalg.inv(lattice.matrix), axis=0)
-    except np.linalg.LinAlgError as err:
-        raise _Fallback from err
-    if not np.all(spacings > 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
+    matrix = _matrix_from_parameters(a, b, c, angles)
+    if not _thicker_than(matrix.tolist(), 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
         raise _Fallback
-    return lattice
+    return matrix
+
+
+def _thicker_than(rows: list[list[float]], limit: float) -> bool:
+    """Every interplanar spacing of (100), (010), (001), volume / |cross of the other two rows|,
+    above ``limit``; non-finite cells are not. Plain floats: a few microseconds, where inverting the
+    matrix with NumPy costs tens (the margin makes rounding differences irrelevant)."""
+    crosses = []
+    for i in range(3):
+        (u0, u1, u2), (v0, v1, v2) = rows[(i + 1) % 3], rows[(i + 2) % 3]
+        crosses.append((u1 * v2 - u2 * v1, u2 * v0 - u0 * v2, u0 * v1 - u1 * v0))
+    volume = abs(sum(x * y for x, y in zip(rows[0], crosses[0], strict=True)))
+    for cx, cy, cz in crosses:
+        norm = math.sqrt(cx * cx + cy * cy + cz * cz)
+        if not (norm > 0 and volume / norm > limit):  # written so that NaN fails too
+            return False
+    return True
+
+
+def _matrix_from_parameters(a: float, b: float, c: float, angles: list[float]) -> np.ndarray:
+    """Lattice rows from lengths and angles (degrees), c along z: pymatgen's (non-VESTA) convention.
+
+    Vectorised cosines and NumPy scalars as pymatgen uses them: a scalar ``math.cos`` may differ in
+    the last bit, and the equivalence contract is the same floats.
+    """
+    radians = np.radians(angles)
+    cos_alpha, cos_beta, cos_gamma = np.cos(radians)
+    sin_alpha, sin_beta, _ = np.sin(radians)
+    # min/max clip the NumPy scalar as np.clip does (NaN passes through), at a fraction of its cost
+    gamma_star = np.arccos(min(max((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta), -1.0), 1.0))
+    rows = [
+        [a * sin_beta, 0.0, a * cos_beta],
+        [-b * sin_alpha * np.cos(gamma_star), b * sin_alpha * np.sin(gamma_star), b * cos_alpha],
+        [0.0, 0.0, float(c)],
+    ]
+    return np.array(rows, dtype=np.float64)
 
 
 @lru_cache(maxsize=512)
@@ -281,8 +329,16 @@ def _refuse_shared_positions(
         raise _Fallback
 
 
+_IDENTITY = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
 def _is_identity_only(rotations: np.ndarray, translations: np.ndarray) -> bool:
-    return len(rotations) == 1 and not translations[0].any() and bool((rotations[0] == np.eye(3)).all())
+    # plain lists: comparing through NumPy (np.eye, .all) costs more than the P1 work it saves
+    return (
+        len(rotations) == 1
+        and translations[0].tolist() == [0.0, 0.0, 0.0]
+        and (rotations[0].tolist() == _IDENTITY)
+    )
 
 
 @lru_cache(maxsize=512)
@@ -375,26 +431,26 @@ def _check_formula(pairs: dict[str, str], species: list[str]) -> None:
         raise _Fallback
 
 
-def _build(lattice: Any, species: list[str], frac: np.ndarray, labels: list[str]) -> Structure:
-    """The Structure in pymatgen's final order: get_sorted_structure's stable electronegativity sort."""
-    from pymatgen.core import Structure
-
+def _ordered(
+    lattice: np.ndarray, species: list[str], frac: np.ndarray, labels: list[str]
+) -> CompactStructure:
+    """The sites in pymatgen's final order: get_sorted_structure's stable electronegativity sort."""
     keys = {symbol: _SiteKey(*_electronegativity(symbol)) for symbol in set(species)}
     order = sorted(range(len(species)), key=lambda i: keys[species[i]])
-    return Structure(
-        lattice,
-        [_composition(species[i]) for i in order],
-        frac[order],
-        labels=[labels[i] for i in order],
+    numbers = _atomic_numbers()
+    return CompactStructure(
+        lattice=lattice,
+        frac_coords=np.ascontiguousarray(frac[order]),
+        numbers=np.array([numbers[species[i]] for i in order], dtype=np.int64),
+        labels=tuple(labels[i] for i in order),
     )
 
 
-@lru_cache(maxsize=256)
-def _composition(symbol: str) -> Any:
-    """One shared, immutable Composition per element: what pymatgen gives an ordered site."""
-    from pymatgen.core import Composition
+@lru_cache(maxsize=1)
+def _atomic_numbers() -> dict[str, int]:
+    from pymatgen.core import Element
 
-    return Composition({symbol: 1.0})
+    return {element.symbol: element.Z for element in Element}
 
 
 @lru_cache(maxsize=256)

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from matcard.console import make_progress
+from matcard.structures.compact import CompactStructure
 from matcard.structures.parsers import _parse_item
-from matcard.structures.records import Outcome, ReadFailure, _Item, _Options
+from matcard.structures.records import CompactRecord, Outcome, ReadFailure, StructureRecord, _Item, _Options
 
 
 # --------------------------------------------------------------------------------------------
@@ -34,7 +35,32 @@ def _worker_main(conn: multiprocessing.connection.Connection, options: _Options)
         if batch is None:
             return
         for index, item in batch:
-            conn.send((index, _parse_item(item, options)))
+            outcomes = [_for_transport(outcome) for outcome in _parse_item(item, options)]
+            conn.send((index, _prepared(outcomes, options)))
+
+
+def _prepared(outcomes: list[Outcome], options: _Options) -> list[Outcome]:
+    """The caller's ``prepare`` hook on each outcome; a hook that raises leaves the outcome as it was
+    (the hook is an optimisation: the caller does the work itself for an unprepared record)."""
+    if options.prepare is None:
+        return outcomes
+    prepared = []
+    for outcome in outcomes:
+        try:
+            prepared.append(options.prepare(outcome))
+        except Exception:
+            prepared.append(outcome)
+    return prepared
+
+
+def _for_transport(outcome: Outcome) -> Outcome:
+    """A record whose Structure can travel as arrays does (a fraction of the pickling cost on both
+    ends); the parent builds the Structure again only when asked for it, identical to this one."""
+    if type(outcome) is StructureRecord:
+        compact = CompactStructure.from_structure(outcome.structure)
+        if compact is not None:
+            return CompactRecord.from_record(outcome, compact)
+    return outcome
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -148,7 +174,7 @@ def _run_inline(kind: str, payload: Any, options: _Options, timeout: float | Non
     try:
         limit = None if timeout is None else item_time_limit(payload, timeout)
         with _alarm(limit):
-            return ("outcomes", _parse_item(payload, options))
+            return ("outcomes", _prepared(_parse_item(payload, options), options))
     except _AlarmTimeout:
         return ("outcomes", [ReadFailure(payload.source, timeout_reason(limit or 0.0))])
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from matcard.structures.compact import CompactStructure
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -25,6 +28,68 @@ class StructureRecord:
     flags: tuple[str, ...] = ()  # e.g. "cif_warning:...", "disordered_kept", "majority_species"
     warnings: tuple[str, ...] = ()  # raw parser warnings behind the flags
     properties: dict[str, Any] = field(default_factory=dict)  # other columns / ASE key-value pairs
+
+
+class CompactRecord(StructureRecord):
+    """A StructureRecord that holds its structure as flat arrays and builds the Structure on first
+    access of ``.structure`` (then keeps it).
+
+    Reader workers hand records back in this form: pickling the arrays is a small fraction of
+    pickling a Structure, and callers that work from arrays (screening with the graph featurizer)
+    read ``.compact`` and never build one. Constructed like a StructureRecord, with ``structure``
+    a :class:`CompactStructure` (or a Structure: then it is simply held).
+    """
+
+    compact: CompactStructure | None
+    # What a reader ``prepare`` hook computed from the arrays in the worker that parsed them
+    # (screening: the graph), so the caller need not; None when no hook ran.
+    features: Any = None
+
+    @property  # type: ignore[override]
+    def structure(self) -> Structure:
+        built = self.__dict__.get("_structure")
+        if built is None:
+            assert self.compact is not None
+            built = self.compact.to_structure()
+            self.__dict__["_structure"] = built
+        return built
+
+    @structure.setter
+    def structure(self, value: Structure | CompactStructure) -> None:
+        # the dataclass __init__ assigns through here; a later assignment replaces the arrays too
+        if isinstance(value, CompactStructure):
+            self.__dict__.update(compact=value, _structure=None)
+        else:
+            self.__dict__.update(compact=None, _structure=value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if state.get("compact") is not None:
+            state["_structure"] = None  # the arrays travel; a receiver rebuilds only if it needs to
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @classmethod
+    def from_record(cls, record: StructureRecord, compact: CompactStructure) -> CompactRecord:
+        """``record`` with its structure replaced by ``compact`` (the same structure as arrays)."""
+        return cls(
+            id=record.id,
+            source=record.source,
+            structure=compact,
+            label=record.label,
+            flags=record.flags,
+            warnings=record.warnings,
+            properties=record.properties,
+        )
+
+
+def structure_arrays_of(record: StructureRecord) -> CompactStructure | None:
+    """The record's structure as arrays when it carries them (no Structure is built), else None."""
+    if isinstance(record, CompactRecord) and record.__dict__.get("_structure") is None:
+        return record.compact
+    return None
 
 
 @dataclass
@@ -90,6 +155,8 @@ class _Options:
     occupancy_tolerance: float = 1.0
     site_tolerance: float = 1e-4
     cif_parser: str = "fast"  # "fast" (gemmi, pymatgen fallback) | "pymatgen" (the reference path)
+    # Applied to every outcome in the process that parsed it (see iter_structures); never raises.
+    prepare: Callable[[Outcome], Outcome] | None = None
 
 
 Outcome = StructureRecord | ReadFailure

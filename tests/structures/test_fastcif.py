@@ -16,7 +16,7 @@ import matcard.structures.cif as cif_module
 from cli import app
 from matcard.errors import UsageError
 from matcard.structures import available_cpus, classify_warnings, parse_cif_strings, read_structures
-from matcard.structures.fastcif import CIF_PARSER_ENV, parse_cif_fast, resolve_cif_parser
+from matcard.structures.fastcif import CIF_PARSER_ENV, parse_cif_compact, parse_cif_fast, resolve_cif_parser
 
 
 def reference(text: str) -> tuple[object, tuple[str, ...]]:
@@ -159,9 +159,9 @@ def test_pymatgen_can_be_forced(shared_data: Path, monkeypatch: pytest.MonkeyPat
 
     def counting(text: str, **kwargs: object) -> object:
         calls.append(1)
-        return parse_cif_fast(text, **kwargs)  # type: ignore[arg-type]
+        return parse_cif_compact(text, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cif_module, "parse_cif_fast", counting)
+    monkeypatch.setattr(cif_module, "parse_cif_compact", counting)
     parse_cif_strings(texts, workers=0)
     assert len(calls) == 3  # fast by default
     monkeypatch.setenv(CIF_PARSER_ENV, "pymatgen")
