@@ -292,7 +292,10 @@ def test_in_memory_structures_and_atoms(shared_data: Path) -> None:
 def test_iter_structures_streams_in_input_order(shared_data: Path) -> None:
     folder = shared_data / "messy_cifs"
     outcomes = list(iter_structures(folder / "Co8.cif", folder / "bad_occu.cif", folder / "garnet.cif"))
-    assert [type(o) for o in outcomes] == [StructureRecord, ReadFailure, StructureRecord]
+    # records may come back as CompactRecord (a StructureRecord holding flat arrays) from the workers
+    kinds = [StructureRecord if isinstance(o, StructureRecord) else type(o) for o in outcomes]
+    assert kinds == [StructureRecord, ReadFailure, StructureRecord]
+    assert outcomes[2].structure.composition.reduced_formula  # the lazy Structure builds
     assert [_file_of(o.source) for o in outcomes] == ["Co8.cif", "bad_occu.cif", "garnet.cif"]
 
 
