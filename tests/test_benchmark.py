@@ -454,3 +454,34 @@ def test_every_loss_is_reported_with_argmax_and_tuned_decisions(train_run):
     recorded = json.loads((cell.directory / "metrics.json").read_text())["decision"]["test"]
     assert ce_seed0["tuned_macro_f1"] == pytest.approx(recorded["tuned"]["macro_f1"])
     assert ce_seed0["ece_after"] == recorded["calibration"]["ece_after"]
+
+
+MLP_ON_DESCRIPTORS = {"model.name": "mlp", "featurizer.kind": "composition"}
+
+
+def test_a_study_of_several_representations_warms_each_cache_once_and_runs_the_slowest_first(
+    tmp_path, monkeypatch
+):
+    """Workers only read feature caches: every distinct input of a study (here crystal graphs for
+    cgcnn and alignn, composition descriptors for the mlp) is built before they start, once."""
+    from matcard.benchmark.run import _cost, _warm_caches
+
+    monkeypatch.setenv("MATCARD_DATA_DIR", str(tmp_path / "data"))  # aflow-prototypes is embedded
+    study = benchmark.load_benchmark_config(
+        overrides={
+            "name": "reps",
+            "train": {"data": {"dataset": "aflow-prototypes", "limit": 60}, "trainer": {"epochs": 2}},
+            "seeds": [0, 1],
+            "losses": [
+                "ce",
+                {"label": "alignn_ce", "loss": "ce", "set": {"model.name": "alignn"}},
+                {"label": "mlp_ce", "loss": "ce", "set": MLP_ON_DESCRIPTORS},
+            ],
+        }
+    )
+    cells = benchmark.plan_cells(study, tmp_path / "study")
+    assert _warm_caches(cells)  # the class names
+    kinds = sorted(path.name.split("-")[2] for path in (tmp_path / "data" / "features").iterdir())
+    assert kinds == ["composition", "graph"]  # alignn shares cgcnn's graphs; nothing built twice
+    cost = {cell.label: _cost(cell) for cell in cells}
+    assert cost["alignn_ce"] > cost["ce"] > cost["mlp_ce"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,9 @@ from matcard.fileio import atomic_write_text
 
 # rough relative cost of a cell, to start the slowest first (better packing over the workers)
 _COST = {"ot_reweight": 2.0, "magnitude": 1.5, "spread": 1.2}
+# per epoch against cgcnn on crystal graphs: the line graph makes alignn several times slower, a
+# fine-tuned CHGNet slower still, and an MLP on one vector per structure nearly free
+_MODEL_COST = {"alignn": 5.0, "chgnet_finetune": 20.0, "mlp": 0.3}
 
 
 def _cost(cell: Cell) -> float:
@@ -28,10 +32,12 @@ def _cost(cell: Cell) -> float:
     if cell.kind == "train":
         loss = settings["loss"]["name"]
         epochs = settings["trainer"]["epochs"]
+        model = _MODEL_COST.get(settings["model"]["name"], 1.0)
     else:
         loss = settings["loss"]
         epochs = settings["synthetic"]["epochs"]
-    return _COST.get(loss, 1.0) * float(epochs)
+        model = 1.0
+    return _COST.get(loss, 1.0) * model * float(epochs)
 
 
 def run_benchmark(
@@ -68,7 +74,7 @@ def run_benchmark(
 
     n_workers = max(1, min(workers or config.workers, len(pending) or 1))
     if pending and config.kind == "train":
-        class_names = _warm_caches(pending[0])
+        class_names = _warm_caches(pending)
     else:
         class_names = synthetic_class_names(int(config.synthetic.get("n_classes", 10)))
     if isinstance(config.minority, list):  # fail before training, not after it
@@ -140,13 +146,26 @@ def _run_cell_star(cell: Cell) -> tuple[Path, dict[str, Any]]:
     return cell.directory, run_cell(cell)
 
 
-def _warm_caches(cell: Cell) -> list[str]:
-    """Download, parse and featurize once, in this process, before the workers start (they then only
-    read the caches instead of all building them at once); returns the task's class names."""
+def _warm_caches(cells: Sequence[Cell]) -> list[str]:
+    """Download, parse and featurize once per distinct input (data, featurizer, model) in this
+    process, before the workers start: they then only read the caches instead of building the same
+    one at once (a study that compares representations needs several). Returns the class names."""
     from matcard.config import load_config
     from matcard.training import prepare_data
 
-    return prepare_data(load_config(base=cell.settings), None, write=False, progress=True).class_names
+    class_names: list[str] = []
+    warmed: set[str] = set()
+    for cell in cells:
+        settings = cell.settings
+        inputs = {name: settings.get(name) for name in ("data", "featurizer")}
+        inputs["model"] = settings["model"]["name"]  # featurizer "auto" resolves per model
+        key = json.dumps(inputs, sort_keys=True, default=str)
+        if key in warmed:
+            continue
+        warmed.add(key)
+        config = load_config(base=settings)
+        class_names = prepare_data(config, None, write=False, progress=True).class_names
+    return class_names
 
 
 def _config_yaml(config: BenchmarkConfig) -> str:
