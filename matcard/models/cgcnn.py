@@ -6,8 +6,43 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import CGConv
+from torch_geometric.typing import Adj
 
 from matcard.models.layers import AtomInput, gaussian_expansion, message_edges, pooling
+
+
+class FactoredCGConv(CGConv):
+    """torch-geometric's ``CGConv`` with the same parameters and result, in fewer operations.
+
+    ``lin([x_i, x_j, e]) = A x_i + B x_j + C e + b``: the two atom terms are projected once per atom
+    instead of once per edge (about 12 per atom), and the concatenated per-edge input is never built.
+    Both gates share each matrix product. About 3x fewer multiply-adds per convolution: measured on
+    MP-20 graphs, one thread, same weights and batches (``benchmarks/cgcnn_conv.py``), inference
+    1.9x and a training step 2.7x faster. The state dict is CGConv's, so bundles and checkpoints of
+    either load into the other; a test checks outputs and gradients against CGConv in float64.
+    """
+
+    def forward(
+        self, x: torch.Tensor, edge_index: Adj, edge_attr: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or edge_attr is None or not isinstance(edge_index, torch.Tensor):
+            return super().forward(x, edge_index, edge_attr)
+        n_in, n_out = (self.channels, self.channels) if isinstance(self.channels, int) else self.channels
+        weight = torch.cat([self.lin_f.weight, self.lin_s.weight])  # (2 out, 2 in + dim): both gates
+        on_centre, on_neighbour, on_edge = weight.split([n_in, n_in, weight.size(1) - 2 * n_in], dim=1)
+        neighbour, centre = edge_index[0], edge_index[1]  # PyG: messages j -> i, summed on i
+        if self.lin_f.bias is None:
+            gates = edge_attr @ on_edge.t()
+        else:
+            gates = torch.addmm(torch.cat([self.lin_f.bias, self.lin_s.bias]), edge_attr, on_edge.t())
+        # in place on the (edges, 2 out) product: its backward needs its inputs, not its output
+        gates += (x @ on_centre.t()).index_select(0, centre)
+        gates += (x @ on_neighbour.t()).index_select(0, neighbour)
+        filter_gate, core = gates.split(n_out, dim=1)
+        messages = filter_gate.sigmoid() * nn.functional.softplus(core)
+        out = x.new_zeros(x.size(0), n_out).index_add_(0, centre, messages)
+        out = out if self.bn is None else self.bn(out)
+        return out + x
 
 
 class CGCNN(nn.Module):
@@ -42,7 +77,7 @@ class CGCNN(nn.Module):
         self.distance_expansion = gaussian_expansion(cutoff, gaussian_step)
         n_gaussians = self.distance_expansion.offset.numel()
         self.convs = nn.ModuleList(
-            CGConv(atom_features, dim=n_gaussians, aggr="add", batch_norm=True) for _ in range(n_conv)
+            FactoredCGConv(atom_features, dim=n_gaussians, aggr="add", batch_norm=True) for _ in range(n_conv)
         )
         self.pool = pooling(pool)
         layers: list[nn.Module] = [nn.Linear(atom_features, hidden), nn.Softplus()]

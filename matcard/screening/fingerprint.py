@@ -9,6 +9,7 @@ added, removed or modified, with a few example paths.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -79,7 +80,13 @@ def is_own_file(source: str, own: tuple[Path, ...]) -> bool:
     """Whether a reader source (``path`` or ``path#row=..``) is one of ``own`` files or inside one."""
     if not any(path.stem in source for path in own):  # cheap test first: most sources are not
         return False
-    resolved = Path(source.split("#", 1)[0]).expanduser().resolve()
+    return _file_is_own(source.split("#", 1)[0], own)
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_is_own(file: str, own: tuple[Path, ...]) -> bool:
+    """Once per file, not per row: the rows of one table share it (resolve() stats every part)."""
+    resolved = Path(file).expanduser().resolve()
     return any(resolved == path or path in resolved.parents for path in own)
 
 
