@@ -211,8 +211,8 @@ def test_an_entry_changes_only_its_own_cells():
 # every loss the issue asks each study to compare (labels of configs/benchmarks/*.yaml)
 REQUIRED_LABELS = {
     "ce", "weighted_ce", "focal", "class_balanced", "ldam_drw", "logit_adjusted", "balanced_softmax",
-    "seesaw", "equalization", "inverse_view", "ot_reweight", "magnitude_reference", "magnitude_multiply",
-    "magnitude_add", "spread_reference", "ce_tuned",
+    "seesaw", "equalization", "inverse_view", "ot_reweight", "magnitude_reference",
+    "magnitude_reference_multiply", "magnitude_reference_add", "spread_reference", "ce_tuned",
 }  # fmt: skip
 
 

@@ -60,22 +60,22 @@ STANDARD_ENTRIES: list[dict[str, Any]] = [
         "note": "the reference form (replace), t = 1; collapses on real tasks",
     },
     {
-        "label": "magnitude_multiply",
+        "label": "magnitude_reference_multiply",
         "loss": "magnitude",
         "params": {"mode": "multiply"},
-        "note": "CE x magnitude",
+        "note": "CE x magnitude (the reference invariant, t = 1)",
     },
     {
-        "label": "magnitude_add",
+        "label": "magnitude_reference_add",
         "loss": "magnitude",
         "params": {"mode": "add"},
-        "note": "CE + (magnitude - 1), lam 1",
+        "note": "CE + (magnitude - 1), lam 1, t = 1; collapses on binary tasks",
     },
     {
-        "label": "magnitude_add_lam0.1",
+        "label": "magnitude_reference_add_lam0.1",
         "loss": "magnitude",
         "params": {"mode": "add", "lam": 0.1},
-        "note": "CE + 0.1 (magnitude - 1)",
+        "note": "CE + 0.1 (magnitude - 1), t = 1",
     },
     {
         "label": "spread_reference",

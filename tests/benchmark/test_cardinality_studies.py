@@ -100,3 +100,14 @@ def test_a_plain_magnitude_cell_key_follows_the_losss_default_mode():
     old_default = {"label": "magnitude", "loss": "magnitude", "params": {"mode": "weight", "t": 20}}
     assert _cell_key([plain], "magnitude") != _cell_key([old_default], "magnitude")
     assert _default_mode_keyed("magnitude", {"mode": "weight", "t": 20}) == {"mode": "weight", "t": 20}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_cardinality_entry_is_a_safe_default_or_names_the_reference(path):
+    """A row called magnitude*/spread* either runs the loss's safe default (the weighting form, which
+    does not collapse) or says in its name that it is a reference form, which may."""
+    study = benchmark.load_benchmark_config(path)
+    for entry in study.losses:
+        if entry.label.startswith(("magnitude", "spread")) and entry.control_for is None:
+            mode = entry.params.get("mode", "weight")
+            assert mode == "weight" or "reference" in entry.label, (entry.label, mode)
