@@ -111,6 +111,8 @@ class TrainedModel:
     not be featurized; its probabilities are then NaN).
     """
 
+    accepts_graph_arrays = True  # predict_*_data batches GraphArrays directly (screening's fast path)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -177,9 +179,11 @@ class TrainedModel:
         )
 
     # --- inference ----------------------------------------------------------------------------
-    def predict_logits_data(self, graphs: Sequence[Data], batch_size: int = 256) -> np.ndarray:
+    def predict_logits_data(self, graphs: Sequence[Any], batch_size: int = 256) -> np.ndarray:
+        """Logits [N, C] for featurized inputs: ``Data`` (or CHGNet graphs), or ``GraphArrays``."""
         import torch
 
+        from matcard.featurize.graph import GraphArrays, batch_graph_arrays
         from matcard.loaders import make_loader
 
         if len(graphs) == 0:
@@ -188,7 +192,12 @@ class TrainedModel:
         device = self.device
         torch.set_flush_denormal(True)  # see matcard.training: denormals slow CPU matmuls ~10x
         self.model.eval()
-        loader = make_loader(self.info["featurizer"].get("kind"), graphs, batch_size=batch_size)
+        if all(isinstance(g, GraphArrays) for g in graphs):  # screening: graphs built as arrays
+            loader: Any = (
+                batch_graph_arrays(graphs[i : i + batch_size]) for i in range(0, len(graphs), batch_size)
+            )
+        else:
+            loader = make_loader(self.info["featurizer"].get("kind"), graphs, batch_size=batch_size)
         with torch.inference_mode():
             for batch in loader:
                 logits, _ = self.model(batch.to(device))

@@ -14,6 +14,7 @@ that image of the neighbour, Å; angle-aware models need it), ``y`` int64 [1] wh
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +26,7 @@ from matcard.featurize.elements import MAX_Z, NODE_DIM, element_feature_table
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
-    from torch_geometric.data import Data
+    from torch_geometric.data import Batch, Data
 
     from matcard.structures.compact import CompactStructure
 
@@ -101,6 +102,36 @@ class GraphArrays:
         if y is not None:
             data.y = torch.tensor([int(y)], dtype=torch.long)
         return data
+
+
+def batch_graph_arrays(graphs: Sequence[GraphArrays]) -> Batch:
+    """One ``Batch`` straight from many graphs' arrays: what ``Batch.from_data_list`` makes of their
+    ``to_data()`` (atoms numbered on, ``batch`` / ``ptr``), without a ``Data`` object per graph.
+
+    Screening predicts graphs its reader built as arrays; per-graph ``Data`` construction and PyG's
+    generic collate cost about as much as CGCNN's forward pass there.
+    """
+    import torch
+    from torch_geometric.data import Batch
+
+    counts = np.fromiter((len(g.z) for g in graphs), dtype=np.int64, count=len(graphs))
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    batch = Batch(
+        z=torch.from_numpy(np.concatenate([g.z for g in graphs])),
+        edge_index=torch.from_numpy(
+            np.concatenate([g.edge_index + start for g, start in zip(graphs, ptr[:-1], strict=True)], axis=1)
+        ),
+        edge_dist=torch.from_numpy(np.concatenate([g.edge_dist for g in graphs])),
+        edge_offset=torch.from_numpy(np.concatenate([g.edge_offset for g in graphs])),
+        batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), counts)),
+        ptr=torch.from_numpy(ptr),
+        num_nodes=int(ptr[-1]),
+    )
+    if all(g.x is not None for g in graphs):
+        batch.x = torch.from_numpy(np.concatenate([g.x for g in graphs]))
+    if all(g.edge_vec is not None for g in graphs):
+        batch.edge_vec = torch.from_numpy(np.concatenate([g.edge_vec for g in graphs]))
+    return batch
 
 
 @dataclass

@@ -220,11 +220,13 @@ class GraphPreparer:
         return outcome
 
 
-def _from_prepared(features: Any) -> tuple[Any, list[str]]:
-    """``Data`` and flags from what :class:`GraphPreparer` built (or its failure, raised)."""
+def _from_prepared(features: Any, as_arrays: bool) -> tuple[Any, list[str]]:
+    """What :class:`GraphPreparer` built (or its failure, raised) and its flags. A model that
+    ``accepts_graph_arrays`` gets the arrays as they are and batches them without a ``Data`` per
+    graph (``batch_graph_arrays``); any other gets ``Data``."""
     if isinstance(features, _PreparedFailure):
         raise features
-    return features.to_data(), [str(f) for f in features.flags]
+    return (features if as_arrays else features.to_data()), [str(f) for f in features.flags]
 
 
 def _featurize_batch(featurizer: Any, structures: Sequence[Any]) -> list[Any] | None:
@@ -291,6 +293,7 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
     }
     errors: list[tuple[int, str, str, str, str]] = []
     items = task.items
+    as_arrays = bool(getattr(model, "accepts_graph_arrays", False))
     for start in range(0, len(items), task.batch_size):
         batch = items[start : start + task.batch_size]
         ready: list[tuple[ShardItem, Any, list[str]]] = []
@@ -299,7 +302,7 @@ def run_shard(task: ShardTask, model: ScreeningModel) -> ShardOutput:
             try:
                 flags = [*item.flags, *domain_flags(item.structure, task.domain)]
                 if item.features is not None:
-                    data, featurizer_flags = _from_prepared(item.features)
+                    data, featurizer_flags = _from_prepared(item.features, as_arrays)
                 elif batched is None:
                     data, featurizer_flags = _featurize(model.featurizer, item.structure)
                 elif isinstance(batched[index], Exception):

@@ -207,3 +207,30 @@ def test_nearest_shortcut_falls_back_when_the_probe_is_too_small(monkeypatch) ->
     full = _per_atom_distances(GraphFeaturizer(mode="all")(structure), len(structure))
     for g, f in zip(got, full, strict=True):
         np.testing.assert_allclose(g, f[:12], atol=1e-6)
+
+
+@pytest.mark.parametrize("node_features", ["cgcnn", "atomic_number"])
+def test_batching_arrays_directly_equals_pyg_collate(mp20_items, node_features: str) -> None:
+    """Screening batches the reader's graph arrays without a Data per graph: the same tensors as
+    Batch.from_data_list over to_data(), and the same logits from every graph model."""
+    from torch_geometric.data import Batch
+
+    from matcard.featurize.graph import StructureArrays, batch_graph_arrays
+    from matcard.models import build_model
+
+    featurizer = GraphFeaturizer(node_features=node_features)
+    arrays = [featurizer.build(StructureArrays.from_structure(s)) for _, s in mp20_items[:20]]
+    ours = batch_graph_arrays(arrays)
+    theirs = Batch.from_data_list([a.to_data() for a in arrays])
+    assert ours.num_graphs == theirs.num_graphs == 20
+    keys = {"z", "edge_index", "edge_dist", "edge_offset", "edge_vec", "batch", "ptr"}
+    keys |= {"x"} if node_features == "cgcnn" else set()
+    assert set(theirs.keys()) == keys | {"num_nodes"} and set(ours.keys()) == keys | {"num_nodes"}
+    assert ours.num_nodes == theirs.num_nodes
+    for key in keys:
+        assert torch.equal(ours[key], theirs[key]), key
+    torch.manual_seed(0)
+    for name in ("cgcnn", "schnet", "alignn"):
+        model = build_model(name, featurizer.node_dim, 3).eval()
+        with torch.inference_mode():
+            assert torch.equal(model(ours)[0], model(theirs)[0]), name
