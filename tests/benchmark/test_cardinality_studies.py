@@ -111,3 +111,28 @@ def test_every_shipped_cardinality_entry_is_a_safe_default_or_names_the_referenc
         if entry.label.startswith(("magnitude", "spread")) and entry.control_for is None:
             mode = entry.params.get("mode", "weight")
             assert mode == "weight" or "reference" in entry.label, (entry.label, mode)
+
+
+# representation study -> the existing study whose data section (and so split per seed) it shares
+REPRESENTATION_STUDIES = {
+    "representations_perov5_gapped": "perov5_gapped",
+    "representations_mp20_crystal_system": "mp20_crystal_system",
+    "representations_mp20_wide_gap": "mp20_crystal_system",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPRESENTATION_STUDIES))
+def test_representation_studies_cross_every_representation_with_every_loss(name):
+    study = benchmark.load_benchmark_config(CONFIGS / f"{name}.yaml")
+    source = read_yaml(CONFIGS / f"{REPRESENTATION_STUDIES[name]}.yaml")
+    shared = {k: v for k, v in study.train["data"].items() if k != "task"}
+    assert shared == {k: v for k, v in source["train"]["data"].items() if k != "task"}
+    assert len(study.seeds) >= 3 and study.baseline == "cgcnn_ce"
+    cells = benchmark.plan_cells(study, Path("x"))
+    seen = {
+        (c.settings["model"]["name"], c.settings["featurizer"]["kind"], c.settings["loss"]["name"])
+        for c in cells
+    }
+    for model, featurizer in (("cgcnn", "auto"), ("alignn", "auto"), ("mlp", "chgnet")):
+        for loss in ("ce", "weighted_ce", "magnitude"):
+            assert (model, featurizer, loss) in seen, (model, featurizer, loss)
