@@ -147,24 +147,22 @@ def _run_cell_star(cell: Cell) -> tuple[Path, dict[str, Any]]:
 
 
 def _warm_caches(cells: Sequence[Cell]) -> list[str]:
-    """Download, parse and featurize once per distinct input (data, featurizer, model) in this
-    process, before the workers start: they then only read the caches instead of building the same
-    one at once (a study that compares representations needs several). Returns the class names."""
+    """Download, parse and featurize once per distinct input (the data section and the resolved
+    featurizer settings) in this process, before the workers start: they then only read the caches
+    instead of building the same one at once (a study that compares representations needs several;
+    models that share a featurizer share its cache). Returns the class names."""
     from matcard.config import load_config
     from matcard.training import prepare_data
 
     class_names: list[str] = []
     warmed: set[str] = set()
     for cell in cells:
-        settings = cell.settings
-        inputs = {name: settings.get(name) for name in ("data", "featurizer")}
-        inputs["model"] = settings["model"]["name"]  # featurizer "auto" resolves per model
+        config = load_config(base=cell.settings)
+        inputs = {"data": cell.settings["data"], "featurizer": config.featurizer_settings()}
         key = json.dumps(inputs, sort_keys=True, default=str)
-        if key in warmed:
-            continue
-        warmed.add(key)
-        config = load_config(base=settings)
-        class_names = prepare_data(config, None, write=False, progress=True).class_names
+        if key not in warmed:
+            warmed.add(key)
+            class_names = prepare_data(config, None, write=False, progress=True).class_names
     return class_names
 
 
