@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matcard.errors import UsageError
-from matcard.structures.compact import CompactStructure
+from matcard.structures.compact import CompactStructure, _symbols
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -164,10 +164,14 @@ def _parse(text: str, site_tolerance: float) -> tuple[CompactStructure, list[str
     lattice = _lattice(pairs)
     rotations, translations = _symmetry_operations(tuple(symops))
     symbols, labels, coords, n_rounded = _asymmetric_sites(sites)
-    _refuse_shared_positions(coords, rotations, translations, site_tolerance)
-    species, frac, site_labels = _expand(symbols, labels, coords, rotations, translations, site_tolerance)
-    _check_formula(pairs, species)
-    structure = _ordered(lattice, species, frac, site_labels)
+    structure = None
+    if _is_identity_only(rotations, translations):  # P1 (every MP-derived CIF): no images to merge
+        structure = _p1_structure(lattice, symbols, labels, coords, site_tolerance)
+    if structure is None:
+        _refuse_shared_positions(coords, rotations, translations, site_tolerance)
+        species, frac, labels = _expand(symbols, labels, coords, rotations, translations, site_tolerance)
+        structure = _ordered(lattice, species, frac, labels)
+    _check_formula(pairs, structure.numbers.tolist())
     messages = []
     if n_rounded:  # the very message pymatgen records, so the flag is the same
         messages.append(
@@ -179,40 +183,71 @@ def _parse(text: str, site_tolerance: float) -> tuple[CompactStructure, list[str
 
 def _block_items(block: Any) -> tuple[dict[str, str], dict[str, Any]]:
     """Whitelisted pairs (raw values) and the atom-site / symmetry-operation loops of one block."""
-    import gemmi
-
     pairs: dict[str, str] = {}
     loops: dict[str, Any] = {}
     for item in block:
-        if item.pair is not None:
-            tag, value = item.pair
-            if tag in _SYMOP_TAGS:  # a one-line symmetry operation makes pymatgen warn
-                raise _Fallback
+        pair = item.pair
+        if pair is not None:
+            tag = pair[0]
             if tag in _PAIR_TAGS:
-                pairs[tag] = value
-            elif not tag.startswith(_METADATA_PREFIXES):
-                raise _Fallback
-        elif item.loop is not None:
-            tags = list(item.loop.tags)
-            if set(tags) <= _SITE_TAGS and all(t in tags for t in _REQUIRED_SITE_TAGS):
-                kind = "sites"
-            elif set(tags) <= _SYMOP_LOOP_TAGS and sum(t in tags for t in _SYMOP_TAGS) == 1:
-                kind = "symops"
-            elif all(t.startswith(("_atom_site_aniso_", *_METADATA_PREFIXES)) for t in tags):
+                pairs[tag] = pair[1]
+            elif tag in _SYMOP_TAGS or not tag.startswith(_METADATA_PREFIXES):
+                raise _Fallback  # an unknown tag, or a one-line symmetry operation (pymatgen warns)
+            continue
+        loop = item.loop
+        if loop is not None:
+            tags = tuple(loop.tags)
+            kind = _loop_kind(tags)
+            if kind is None:
                 continue
-            else:
-                raise _Fallback
             if kind in loops:
                 raise _Fallback
-            width, values = item.loop.width(), [gemmi.cif.as_string(v) for v in item.loop.values]
-            columns = {tag: values[i::width] for i, tag in enumerate(tags)}
+            width, values = len(tags), _unquoted(loop.values)
             if kind == "symops":
-                loops[kind] = next(columns[t] for t in _SYMOP_TAGS if t in columns)
+                loops[kind] = values[tags.index(_symop_tag(tags)) :: width]
             else:
-                loops[kind] = columns
+                loops[kind] = {tag: values[i::width] for i, tag in enumerate(tags)}
         elif item.frame is not None:  # save frames: not something pymatgen reads the same way
             raise _Fallback
     return pairs, loops
+
+
+@lru_cache(maxsize=256)
+def _loop_kind(tags: tuple[str, ...]) -> str | None:
+    """"sites", "symops", None for a loop pymatgen ignores; anything else falls back."""
+    if set(tags) <= _SITE_TAGS and all(t in tags for t in _REQUIRED_SITE_TAGS):
+        return "sites"
+    if set(tags) <= _SYMOP_LOOP_TAGS and sum(t in tags for t in _SYMOP_TAGS) == 1:
+        return "symops"
+    if all(t.startswith(("_atom_site_aniso_", *_METADATA_PREFIXES)) for t in tags):
+        return None
+    raise _Fallback
+
+
+def _symop_tag(tags: tuple[str, ...]) -> str:
+    return next(t for t in _SYMOP_TAGS if t in tags)
+
+
+_QUOTING = re.compile(r"['\";]")
+
+
+def _unquoted(values: list[str]) -> list[str]:
+    """``gemmi.cif.as_string`` of every raw value: quotes and text fields undone, "?" and "." read
+    as "". Values that need none of that (numbers, symbols, labels) are returned as they are, found
+    with one scan of the joined text instead of a Python call per value."""
+    if "?" in values or "." in values or _QUOTING.search("".join(values)):
+        import gemmi
+
+        return [gemmi.cif.as_string(v) for v in values]
+    return values
+
+
+def _floats(values: list[str]) -> list[float]:
+    """:func:`_str2float` of every value; ``float`` over the whole list first (its fast path)."""
+    try:
+        return list(map(float, values))
+    except ValueError:
+        return [_str2float(v) for v in values]
 
 
 def _lattice(pairs: dict[str, str]) -> np.ndarray:
@@ -291,18 +326,32 @@ def _asymmetric_sites(columns: dict[str, list[str]]) -> tuple[list[str], list[st
     if not all(map(_plain_element, symbols)):
         raise _Fallback  # pymatgen would reinterpret the symbol (and warn)
     occupancies = columns.get("_atom_site_occupancy")
-    if occupancies is not None and any(_str2float(v) != 1.0 for v in occupancies):
+    if occupancies is not None and _floats(occupancies).count(1.0) != len(occupancies):
         raise _Fallback  # partial occupancy, or an unreadable one pymatgen would take as 1
     if not symbols:
         raise _Fallback
     axes = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
-    coords = np.array([[_str2float(v) for v in columns[tag]] for tag in axes]).T
-    n_rounded = 0
-    for ideal in _IDEAL_FRACS:  # math.isclose(v / ideal, 1, abs_tol=tol, rel_tol=0), as pymatgen tests it
-        near = np.abs(coords / ideal - 1) <= _FRAC_TOLERANCE
-        n_rounded += int(near.sum())
-        coords[near] = float(str(ideal))
+    rounded = [_rounded_to_ideal(_floats(columns[tag])) for tag in axes]
+    coords = np.array([values for values, _ in rounded]).T
+    n_rounded = sum(count for _, count in rounded)
     return list(symbols), list(columns["_atom_site_label"]), coords, n_rounded
+
+
+_ROUNDING = tuple((ideal, float(str(ideal))) for ideal in _IDEAL_FRACS)
+
+
+def _rounded_to_ideal(values: list[float]) -> tuple[list[float], int]:
+    """Values within ``_FRAC_TOLERANCE`` (relative) of 1/3 or 2/3 set to it, as pymatgen's sanitiser
+    does (``math.isclose(v / ideal, 1, abs_tol=tol, rel_tol=0)``, 1/3 first), and how many were."""
+    count = 0
+    for index, value in enumerate(values):
+        if 0.3332 < value < 0.3335 or 0.6665 < value < 0.6668:  # cheap bracket around both windows
+            for ideal, exact in _ROUNDING:
+                if abs(value / ideal - 1) <= _FRAC_TOLERANCE:
+                    value = exact
+                    count += 1
+            values[index] = value
+    return values, count
 
 
 def _pbc_close(a: np.ndarray, b: np.ndarray, atol: float) -> np.ndarray:
@@ -339,6 +388,49 @@ def _is_identity_only(rotations: np.ndarray, translations: np.ndarray) -> bool:
         and translations[0].tolist() == [0.0, 0.0, 0.0]
         and (rotations[0].tolist() == _IDENTITY)
     )
+
+
+def _p1_structure(
+    lattice: np.ndarray, symbols: list[str], labels: list[str], coords: np.ndarray, atol: float
+) -> CompactStructure | None:
+    """The structure of a P1 file, the result :func:`_expand` and :func:`_ordered` give, in one pass;
+    None when a symbol has no electronegativity (noble gases: their order is not a total order, so
+    the general route reproduces pymatgen's sorts step by step).
+
+    With one identity operation every site is its own only image, so pymatgen's grouping by species
+    and its stable electronegativity sort reduce to one stable sort of the listed sites by element.
+    """
+    ranks = _element_ranks()
+    try:
+        keys = [ranks[symbol] for symbol in symbols]
+    except KeyError:
+        return None
+    if len(coords) > 1:  # two listed sites on one position: pymatgen merges them (disorder)
+        diff = coords[:, None, :] - coords[None, :, :]
+        diff -= diff.round()
+        # |d| < atol on every axis (pymatgen's test), symmetric and true on the diagonal
+        if np.count_nonzero(np.abs(diff).max(axis=-1) < atol) > len(coords):
+            raise _Fallback
+    order = sorted(range(len(symbols)), key=keys.__getitem__)
+    frac = coords[order]
+    numbers = _atomic_numbers()
+    return CompactStructure(
+        lattice=lattice,
+        frac_coords=frac - np.floor(frac),
+        numbers=np.array([numbers[symbols[i]] for i in order], dtype=np.int64),
+        labels=tuple(labels[i] for i in order),
+    )
+
+
+@lru_cache(maxsize=1)
+def _element_ranks() -> dict[str, int]:
+    """Each element's place in pymatgen's site order (electronegativity, then symbol); elements
+    without an electronegativity are left out."""
+    from pymatgen.core import Element
+
+    symbols = [element.symbol for element in Element]
+    keyed = sorted((_electronegativity(s), s) for s in symbols if not math.isnan(_electronegativity(s)[0]))
+    return {symbol: rank for rank, (_, symbol) in enumerate(keyed)}
 
 
 @lru_cache(maxsize=512)
@@ -392,8 +484,29 @@ def _expand(
     return species, np.concatenate(frac), out_labels
 
 
-@lru_cache(maxsize=4096)
+_SIMPLE_FORMULA = re.compile(r"(?:\s*[A-Z][a-z]?(?:[1-9]\d*(?:\.\d+)?)?)+\s*")
+_FORMULA_TERM = re.compile(r"([A-Z][a-z]?)([1-9]\d*(?:\.\d+)?)?")
+
+
 def _formula_amounts(formula: str) -> dict[str, float] | None:
+    """The element amounts pymatgen's Composition reads from ``formula`` (None if it cannot).
+
+    A formula of plain terms ("Ga4 Te4", "TiO2": element symbols with optional positive amounts, no
+    brackets, charges or zero amounts) is summed here, as Composition sums it; anything else goes
+    through Composition (each MP formula is distinct, and a Composition costs ~70 microseconds).
+    """
+    if _SIMPLE_FORMULA.fullmatch(formula):
+        amounts: dict[str, float] = {}
+        for symbol, amount in _FORMULA_TERM.findall(formula):
+            if not _plain_element(symbol):
+                return _composition_amounts(formula)
+            amounts[symbol] = amounts.get(symbol, 0.0) + (float(amount) if amount else 1.0)
+        return amounts
+    return _composition_amounts(formula)
+
+
+@lru_cache(maxsize=4096)
+def _composition_amounts(formula: str) -> dict[str, float] | None:
     from pymatgen.core import Composition
 
     try:
@@ -404,9 +517,12 @@ def _formula_amounts(formula: str) -> dict[str, float] | None:
         return None
 
 
-def _check_formula(pairs: dict[str, str], species: list[str]) -> None:
-    """pymatgen compares the formula tag with the sites and warns on a mismatch: fall back if it would."""
+def _check_formula(pairs: dict[str, str], numbers: list[int]) -> None:
+    """pymatgen compares the formula tag with the sites (atomic numbers) and warns on a mismatch:
+    fall back if it would."""
     import gemmi
+
+    symbol_of = _symbols()
 
     raw = next(
         (pairs[k] for k in ("_chemical_formula_sum", "_chemical_formula_structural") if k in pairs), None
@@ -420,7 +536,8 @@ def _check_formula(pairs: dict[str, str], species: list[str]) -> None:
     if expected is None:
         raise _Fallback
     found: dict[str, float] = {}
-    for symbol in species:
+    for number in numbers:
+        symbol = symbol_of[number]
         found[symbol] = found.get(symbol, 0.0) + 1.0
     if set(expected) != set(found):
         raise _Fallback

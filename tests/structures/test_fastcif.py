@@ -208,3 +208,76 @@ def test_every_shared_cif_parses_the_same_fast_or_falls_back(shared_data: Path) 
     print(f"\nequivalence: {counts} in {time.perf_counter() - started:.0f} s")
     assert problems == []
     assert counts["mp20_biternary"]["fallback"] < len(datasets["mp20_biternary"]) // 100
+
+
+_P1 = """data_p1
+_cell_length_a 5.0
+_cell_length_b 5.5
+_cell_length_c 6.0
+_cell_angle_alpha 90
+_cell_angle_beta 95
+_cell_angle_gamma 90
+_chemical_formula_sum '{formula}'
+loop_
+_symmetry_equiv_pos_site_id
+_symmetry_equiv_pos_as_xyz
+1 'x, y, z'
+loop_
+_atom_site_type_symbol
+_atom_site_label
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+{sites}
+"""
+
+
+@pytest.mark.parametrize(
+    ("formula", "sites"),
+    [
+        # species interleaved, coordinates outside [0, 1), an uncertainty and a quoted label
+        ("Na2 Cl2", "Cl Cl1 0.5 0.5 0.5 1\nNa Na1 0 0 0 1\nCl 'Cl 2' 1.25(3) 0 0.5 1.0\nNa Na2 -0.5 0.5 0 1"),
+        # a noble gas (no electronegativity): the step-by-step route, still pymatgen's order
+        ("Xe1 F2", "F F1 0.1 0.2 0.3 1\nXe Xe1 0 0 0 1\nF F2 0.9 0.8 0.7 1"),
+        ("Ar1 Kr1 O1", "Kr Kr1 0.5 0 0 1\nO O1 0 0.5 0 1\nAr Ar1 0 0 0.5 1"),
+    ],
+)
+def test_p1_files_match_pymatgen_in_site_order(formula: str, sites: str) -> None:
+    cif = _P1.format(formula=formula, sites=sites)
+    assert _compare(cif) == ("same", "")
+    fast = parse_cif_fast(cif)
+    assert fast is not None
+    ref, _ = reference(cif)
+    assert [site.label for site in fast[0]] == [site.label for site in ref]
+
+
+def test_p1_sites_on_one_position_or_a_wrong_formula_fall_back() -> None:
+    on_one = "Na Na1 0 0 0 1\nCl Cl1 1.00000001 0 0 1"
+    assert parse_cif_fast(_P1.format(formula="Na1 Cl1", sites=on_one)) is None  # pymatgen merges them
+    sites = "Na Na1 0 0 0 1\nCl Cl1 0.5 0.5 0.5 1"
+    assert parse_cif_fast(_P1.format(formula="Na1 Cl1", sites=sites)) is not None
+    assert parse_cif_fast(_P1.format(formula="Na1 Cl2", sites=sites)) is None  # pymatgen warns
+
+
+def test_simple_formulas_are_read_as_composition_reads_them(shared_data: Path) -> None:
+    """The formula shortcut gives Composition's amounts for every formula tag of the shared CIFs."""
+    import re
+
+    from pymatgen.core import Composition
+
+    import matcard.structures.fastcif as fastcif
+
+    texts = _csv_cifs(shared_data / "mp20_biternary" / "val.csv.gz", nrows=400) + _csv_cifs(
+        shared_data / "perov5" / "val.csv", nrows=200
+    )
+    tag = re.compile(r"^_chemical_formula_(?:sum|structural)\s+'?([^'\n]+)'?\s*$", re.M)
+    formulas = {m.strip() for text in texts for m in tag.findall(text)}
+    formulas |= {"GaTe", "Ga4Te4", "Fe0.5 Ni0.5", "H2 O1 H1", "Xx2 O", "Fe2+ O3", "(SO4)2", "Ca 0"}
+    assert len(formulas) > 300
+    for formula in sorted(formulas):
+        try:
+            expected = {str(k): v for k, v in Composition(formula).remove_charges().as_dict().items()}
+        except Exception:
+            expected = None
+        assert fastcif._formula_amounts(formula) == expected, formula
