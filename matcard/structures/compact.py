@@ -70,6 +70,13 @@ class CompactStructure:
             labels=list(self.labels),
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Two byte strings instead of three pickled arrays: a third of the cost on both ends of the
+        # reader's hand-off, which runs once per structure.
+        floats = np.concatenate([self.lattice.ravel(), self.frac_coords.ravel()]).astype(np.float64)
+        numbers = self.numbers.astype(np.int64, copy=False)
+        return (_rebuild, (floats.tobytes(), numbers.tobytes(), self.labels))
+
     @classmethod
     def from_structure(cls, structure: Any) -> CompactStructure | None:
         """The compact form of ``structure``, or None when :meth:`to_structure` could not rebuild it
@@ -102,6 +109,17 @@ class CompactStructure:
             numbers=np.array(numbers, dtype=np.int64),
             labels=tuple(labels),
         )
+
+
+def _rebuild(floats: bytes, numbers: bytes, labels: tuple[str, ...]) -> CompactStructure:
+    """Inverse of ``CompactStructure.__reduce__`` (writable arrays, as the originals were)."""
+    values = np.frombuffer(floats, dtype=np.float64).copy()
+    return CompactStructure(
+        lattice=values[:9].reshape(3, 3),
+        frac_coords=values[9:].reshape(-1, 3),
+        numbers=np.frombuffer(numbers, dtype=np.int64).copy(),
+        labels=labels,
+    )
 
 
 def as_structure(structure: Any) -> Any:

@@ -195,11 +195,16 @@ def _table_entries(
         other = [c for c in columns if c not in skip and not c.startswith("Unnamed:")]
         for chunk in _table_chunks(path):
             chunk.columns = columns
-            for row in chunk.to_dict("records"):
-                row_id = str(row[id_col]) if id_col is not None else f"{_record_id(path)}:{row_number}"
+            # Column lists, not row dicts: Python scalars in one pass per column (a row dict and a
+            # numpy-scalar conversion per cell cost more than parsing a small CIF on the fast path).
+            texts = chunk[column.name].tolist()
+            ids = chunk[id_col].tolist() if id_col is not None else None
+            labels = _plain_column(chunk[label_col]) if label_col else None
+            extras = [_plain_column(chunk[c]) for c in other]
+            for offset, text in enumerate(texts):
+                row_id = str(ids[offset]) if ids is not None else f"{_record_id(path)}:{row_number}"
                 source = f"{path}#row={row_number}"
                 row_number += 1
-                text = row[column.name]
                 if not isinstance(text, str) or not text.strip():
                     yield ("outcome", ReadFailure(source, f"empty structure cell (column {column.name!r})"))
                     continue
@@ -208,8 +213,8 @@ def _table_entries(
                     source=source,
                     text=text,
                     id=row_id,
-                    label=_plain(row[label_col]) if label_col else None,
-                    properties=tuple((c, _plain(row[c])) for c in other),
+                    label=labels[offset] if labels is not None else None,
+                    properties=tuple(zip(other, [values[offset] for values in extras], strict=True)),
                 )
                 yield ("item", item)
     except UsageError:
@@ -218,6 +223,12 @@ def _table_entries(
         where = f"{path}#row={row_number}" if row_number else str(path)
         reason, detail = plain_reason(err)
         yield ("outcome", ReadFailure(where, f"unreadable table: {reason}", detail))
+
+
+def _plain_column(series: Any) -> list[Any]:
+    """A column's values as Python scalars (``tolist`` converts numeric columns wholesale)."""
+    values = series.tolist()
+    return [_plain(v) for v in values] if series.dtype == object else values
 
 
 def _plain(value: Any) -> Any:

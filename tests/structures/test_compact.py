@@ -88,6 +88,11 @@ def test_compact_record_builds_lazily_and_pickles_only_the_arrays(shared_data: P
     assert b"pymatgen" not in wire  # the arrays travel, not the built Structure
     again = pickle.loads(wire)
     assert again.__dict__["_structure"] is None and structure_arrays_of(again) is not None
+    for name in ("lattice", "frac_coords", "numbers"):  # equal, same dtype, writable like the originals
+        sent, received = getattr(compact, name), getattr(again.compact, name)
+        assert received.dtype == sent.dtype and received.flags.writeable
+        np.testing.assert_array_equal(received, sent)
+    assert again.compact.labels == compact.labels
     _identical(again.structure, built)
     record.structure = built.copy()  # a new structure replaces the arrays
     assert record.compact is None and structure_arrays_of(record) is None
