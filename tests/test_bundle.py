@@ -312,3 +312,18 @@ def test_featurize_failures_are_plain_sentences_with_the_raw_detail(bundle_dir, 
     reason, detail = frame["error"].iloc[1], frame["detail"].iloc[1]
     assert reason == "not a crystal structure this model can use"
     assert detail.startswith("AttributeError: ") or detail.startswith("TypeError: ")
+
+
+def test_logits_do_not_depend_on_the_inference_batch(bundle_dir, aflow_dataset):
+    """On a CPU the default forward pass takes CPU_INFERENCE_BATCH graphs at a time (cache-sized);
+    the logits are those of one pass over everything, whatever the chunking, for Data and arrays."""
+    from matcard.bundle import CPU_INFERENCE_BATCH
+    from matcard.featurize.graph import StructureArrays
+
+    restored = load_model(bundle_dir[0])
+    structures = [r.structure for r in aflow_dataset.records()[: 2 * CPU_INFERENCE_BATCH + 5]]
+    graphs = [restored.featurizer(s) for s in structures]
+    whole = restored.predict_logits_data(graphs, batch_size=len(graphs))
+    np.testing.assert_allclose(restored.predict_logits_data(graphs), whole, atol=1e-5)
+    arrays = [restored.featurizer.build(StructureArrays.from_structure(s)) for s in structures]
+    np.testing.assert_allclose(restored.predict_logits_data(arrays), whole, atol=1e-5)

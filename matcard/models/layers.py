@@ -12,12 +12,29 @@ POOLINGS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_
 MAX_ATOMIC_NUMBER = 119
 
 
+# exp() of float32 arguments below about -87.3 lands in the denormal range, where the vectorised
+# kernel takes a slow path: measured 6.7 ns per element against 0.83 for a Gaussian expansion of
+# MP-20 distances (most centres lie far from a given distance). exp(-87) = 1.6e-38: a Gaussian
+# clamped there differs from the exact one by less than that, which no sum it enters can see.
+_EXP_FLOOR = -87.0
+
+
+class ClampedGaussianSmearing(GaussianSmearing):
+    """torch-geometric's ``GaussianSmearing`` (same buffers and state dict), with the exponent floored
+    at ``_EXP_FLOOR`` so that exp() stays on its fast path."""
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:
+        exponent = dist.view(-1, 1) - self.offset.view(1, -1)
+        exponent = exponent.pow_(2).mul_(self.coeff)
+        return exponent.clamp_(min=_EXP_FLOOR).exp_()
+
+
 def gaussian_expansion(cutoff: float, step: float) -> GaussianSmearing:
     """Distances expanded on Gaussians centred every ``step`` Å from 0 to ``cutoff`` (CGCNN: 0.2 Å)."""
     if cutoff <= 0 or step <= 0:
         raise ValueError(f"cutoff and gaussian_step must be positive, got {cutoff} and {step}")
     n_gaussians = round(cutoff / step) + 1
-    return GaussianSmearing(0.0, cutoff, n_gaussians)
+    return ClampedGaussianSmearing(0.0, cutoff, n_gaussians)
 
 
 def message_edges(batch: Batch) -> torch.Tensor:
