@@ -199,6 +199,8 @@ class GraphPreparer:
     failure keeps its plain reason and detail); the shard turns the arrays into ``Data``.
     """
 
+    reads_properties = False  # the table's other columns need not travel to the reader's workers
+
     def __init__(self, featurizer: Any, max_atoms: int = PREPARE_MAX_ATOMS) -> None:
         self.featurizer = featurizer
         self.max_atoms = max_atoms

@@ -158,6 +158,9 @@ def iter_structures(
     (a ReadFailure subclass) only when ``include_skipped`` is set. Bad options raise at once.
     ``prepare``: a picklable callable run on every outcome in the worker that parsed it, its result
     yielded instead (screening builds graphs there, in parallel); it runs under the same time limit.
+    A table row's other columns (``record.properties``) stay in this process and are attached to
+    its records here, unless ``prepare`` is set without a false ``reads_properties`` attribute: the
+    hook then sees them in the worker.
     """
     if disorder not in DISORDER_POLICIES:
         raise UsageError(f"disorder must be one of {', '.join(DISORDER_POLICIES)}, got {disorder!r}")

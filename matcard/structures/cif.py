@@ -75,6 +75,22 @@ def _has_atom_sites(data: dict[str, Any]) -> bool:
     return False
 
 
+_SITE_COORDINATES = re.compile(r"_atom_site_(fract|cartn)_x", re.I)
+
+
+def _one_data_block(text: str) -> bool:
+    """Exactly one line starts (after blanks) with ``data_``: ``_DATA_BLOCK`` found once. The common
+    case (the word once, at a line start) is answered with str methods, a fraction of a regex scan."""
+    if text.count("data_") == 1:
+        at = text.index("data_")
+        return not text[text.rfind("\n", 0, at) + 1 : at].strip()
+    return len(_DATA_BLOCK.findall(text)) == 1
+
+
+def _has_site_coordinates(text: str) -> bool:
+    return "_atom_site_fract_x" in text or _SITE_COORDINATES.search(text) is not None
+
+
 def _parse_cif_text(
     text: str,
     item_id: str,
@@ -118,7 +134,7 @@ def _parse_cif_text(
 
     encoding_flags = tuple(f.split(" ", 1)[0] for f in extra_flags)
     encoding_messages = tuple(f for f in extra_flags if " " in f)
-    if len(_DATA_BLOCK.findall(text)) == 1 and re.search(r"_atom_site_(fract|cartn)_x", text, re.I):
+    if _one_data_block(text) and _has_site_coordinates(text):
         # Single-block shortcut (e.g. a CSV's CIF column): one block with atoms, parsed once.
         try:
             structure, flags, messages = parse_single(text)

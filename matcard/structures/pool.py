@@ -122,8 +122,10 @@ class _Worker:
         self.conn = parent_conn
         self.pending: dict[int, _Item] = {}  # sent, no result back yet (insertion order = work order)
 
-    def send(self, batch: list[tuple[int, _Item]]) -> None:
+    def send(self, batch: list[tuple[int, _Item]], keep_properties: bool) -> None:
         self.pending.update(batch)
+        if not keep_properties:  # attached again on the way back (see _with_properties)
+            batch = [(index, _without_properties(item)) for index, item in batch]
         self.conn.send(batch)
 
     def culprit(self) -> tuple[int, float | None]:
@@ -229,6 +231,7 @@ def _run_pool(
     max_ahead = 64 * workers + 256  # bounds memory: entries pulled but not yet yielded
     next_seq = seq = 0
     exhausted = False
+    keep_properties = options.prepare is not None and getattr(options.prepare, "reads_properties", True)
 
     def replace(worker: _Worker, index: int, reason: str) -> None:
         """Kill a worker, fail the item it was on, re-queue the rest of what it held (results of a
@@ -276,7 +279,7 @@ def _run_pool(
                     worker = _Worker(ctx, options)
                     pool.append(worker)
                 while todo and len(worker.pending) <= size:
-                    worker.send([todo.popleft() for _ in range(min(size, len(todo)))])
+                    worker.send([todo.popleft() for _ in range(min(size, len(todo)))], keep_properties)
             busy = {w.conn: w for w in pool if w.pending}
             wait_for = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
             for conn in multiprocessing.connection.wait(list(busy), timeout=wait_for):
@@ -290,8 +293,11 @@ def _run_pool(
                     replace(worker, culprit, f"parser crashed (exit code {worker.process.exitcode})")
                     continue
                 for index, outcomes in results:
-                    if worker.pending.pop(index, None) is None:  # pragma: no cover - protocol invariant
+                    item = worker.pending.pop(index, None)
+                    if item is None:  # pragma: no cover - protocol invariant
                         raise RuntimeError(f"worker returned item {index}, which it was not given")
+                    if item.properties and not keep_properties:
+                        _with_properties(outcomes, item.properties)
                     ready[index] = ("outcomes", outcomes)
             if timeout is not None:
                 for worker in [w for w in pool if w.pending]:
@@ -307,6 +313,23 @@ def _run_pool(
                 worker.kill()
             else:
                 worker.stop()
+
+
+def _without_properties(item: _Item) -> _Item:
+    """The work item without a table row's other columns: they never change in a worker, and they
+    cost a worker more to unpickle than the rest of the item (measured ~13 against ~2 us per row)."""
+    if not item.properties:
+        return item
+    return _Item(
+        kind=item.kind, source=item.source, path=item.path, text=item.text, id=item.id, label=item.label
+    )
+
+
+def _with_properties(outcomes: list[Outcome], properties: tuple[tuple[str, Any], ...]) -> None:
+    """Attach a row's other columns to the records parsed from it, as the parser would have."""
+    for outcome in outcomes:
+        if isinstance(outcome, StructureRecord):
+            outcome.properties = {**dict(properties), **outcome.properties}
 
 
 class _AlarmTimeout(BaseException):  # not an Exception: parsers must not swallow it

@@ -94,3 +94,36 @@ def test_hang_and_crash_inside_a_batch_fail_only_their_rows(
     assert reasons["150"].startswith("timeout after 2s")
     assert reasons["290"].startswith("parser crashed")
     assert result.ids == [i for i in table["material_id"].astype(str) if i not in {hang, crash}]
+
+
+class _SeesProperties:
+    """A prepare hook that records what the worker saw of the row's other columns."""
+
+    reads_properties = True
+
+    def __call__(self, outcome):  # type: ignore[no-untyped-def]
+        if hasattr(outcome, "properties"):
+            outcome.label = sorted(outcome.properties)  # the hook's view, carried back on the record
+        return outcome
+
+
+class _IgnoresProperties(_SeesProperties):
+    reads_properties = False
+
+
+def test_table_columns_reach_every_record_however_it_was_parsed(shared_data: Path, tmp_path: Path) -> None:
+    """A row's other columns stay in the caller and are attached on return, identical to parsing
+    in-process; a prepare hook sees them in the worker unless it says it does not read them."""
+    from matcard.structures import iter_structures
+
+    path = tmp_path / "rows.csv"
+    pd.read_csv(shared_data / "mp20_biternary" / "val.csv.gz", nrows=120).to_csv(path, index=False)
+    inline = read_structures(path, workers=0)
+    pooled = read_structures(path, workers=2)
+    assert [r.properties for r in pooled.records] == [r.properties for r in inline.records]
+    columns = sorted(inline.records[0].properties)
+    assert "band_gap" in columns and "cif" not in columns
+    seen = [r for r in iter_structures(path, workers=2, prepare=_SeesProperties()) if hasattr(r, "label")]
+    assert all(r.label == columns for r in seen) and len(seen) == 120
+    blind = list(iter_structures(path, workers=2, prepare=_IgnoresProperties()))
+    assert all(r.label == [] and sorted(r.properties) == columns for r in blind)
