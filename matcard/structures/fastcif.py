@@ -411,14 +411,19 @@ def _p1_structure(
         # |d| < atol on every axis (pymatgen's test), symmetric and true on the diagonal
         if np.count_nonzero(np.abs(diff).max(axis=-1) < atol) > len(coords):
             raise _Fallback
-    order = sorted(range(len(symbols)), key=keys.__getitem__)
-    frac = coords[order]
     numbers = _atomic_numbers()
+    zs = [numbers[symbol] for symbol in symbols]
+    if all(a <= b for a, b in zip(keys, keys[1:])):  # already in pymatgen's order (its own CIFs are)
+        frac, site_labels = np.ascontiguousarray(coords), tuple(labels)
+    else:
+        order = sorted(range(len(symbols)), key=keys.__getitem__)
+        frac, site_labels = coords[order], tuple([labels[i] for i in order])
+        zs = [zs[i] for i in order]
     return CompactStructure(
         lattice=lattice,
         frac_coords=frac - np.floor(frac),
-        numbers=np.array([numbers[symbols[i]] for i in order], dtype=np.int64),
-        labels=tuple(labels[i] for i in order),
+        numbers=np.array(zs, dtype=np.int64),
+        labels=site_labels,
     )
 
 
