@@ -258,10 +258,12 @@ def _run_pool(
                 else:
                     ready[seq] = ("skipped", payload)
                 seq += 1
+            emitted = next_seq
             while next_seq in ready:
                 yield ready.pop(next_seq)
                 next_seq += 1
-                bar.advance(task)
+            if next_seq > emitted:  # once per batch of results, not per structure (a few us each)
+                bar.advance(task, next_seq - emitted)
             if exhausted and next_seq == seq:
                 return
             if not todo and not any(w.pending for w in pool):
