@@ -16,6 +16,7 @@ The reference path can be forced with ``MATCARD_CIF_PARSER=pymatgen`` (or ``cif_
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -413,7 +414,7 @@ def _p1_structure(
             raise _Fallback
     numbers = _atomic_numbers()
     zs = [numbers[symbol] for symbol in symbols]
-    if all(a <= b for a, b in zip(keys, keys[1:])):  # already in pymatgen's order (its own CIFs are)
+    if all(a <= b for a, b in itertools.pairwise(keys)):  # already pymatgen's order (its own CIFs)
         frac, site_labels = np.ascontiguousarray(coords), tuple(labels)
     else:
         order = sorted(range(len(symbols)), key=keys.__getitem__)
