@@ -234,3 +234,35 @@ def test_batching_arrays_directly_equals_pyg_collate(mp20_items, node_features: 
         model = build_model(name, featurizer.node_dim, 3).eval()
         with torch.inference_mode():
             assert torch.equal(model(ours)[0], model(theirs)[0]), name
+
+
+@pytest.mark.parametrize("node_features", ["cgcnn", "atomic_number"])
+def test_graph_arrays_pickle_to_identical_writable_arrays(mp20_items, node_features: str) -> None:
+    """The reader's hand-off form (two byte strings) unpickles to the same arrays, dtypes, shapes,
+    cutoff and flags; arrays it cannot pack (other dtypes) still round-trip as they are."""
+    import pickle
+
+    from matcard.featurize.graph import GraphArrays, StructureArrays
+
+    featurizer = GraphFeaturizer(node_features=node_features)
+    disordered = Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
+    graphs = [featurizer.build(StructureArrays.from_structure(s)) for _, s in mp20_items[:10]]
+    graphs.append(featurizer.build(disordered))
+    odd = featurizer.build(StructureArrays.from_structure(mp20_items[0][1]))
+    odd.edge_dist = odd.edge_dist.astype(np.float64)  # not the builder's dtype: default pickling
+    odd.edge_vec = None
+    for graph in [*graphs, odd]:
+        wire = pickle.dumps(graph)
+        again = pickle.loads(wire)
+        assert isinstance(again, GraphArrays)
+        assert again.cutoff_used == graph.cutoff_used and again.flags == graph.flags
+        for name in ("x", "z", "edge_index", "edge_dist", "edge_offset", "edge_vec"):
+            sent, received = getattr(graph, name), getattr(again, name)
+            if sent is None:
+                assert received is None, name
+                continue
+            assert received.dtype == sent.dtype and received.shape == sent.shape, name
+            assert received.flags.writeable, name
+            np.testing.assert_array_equal(received, sent)
+    assert all(b"_graph_from_bytes" in pickle.dumps(graph) for graph in graphs)  # the packed form
+    assert b"_graph_from_fields" in pickle.dumps(odd)
