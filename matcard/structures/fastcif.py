@@ -356,10 +356,17 @@ def _rounded_to_ideal(values: list[float]) -> tuple[list[float], int]:
 
 
 def _pbc_close(a: np.ndarray, b: np.ndarray, atol: float) -> np.ndarray:
-    """pymatgen's find_in_coord_list_pbc test, broadcast: |d - round(d)| < atol on every axis."""
+    """pymatgen's find_in_coord_list_pbc test, broadcast: |d - round(d)| < atol on every axis
+    (as the largest |d - round(d)|: one reduction fewer; NaN is never close either way)."""
     diff = a - b
-    diff -= np.round(diff)
-    return np.all(np.abs(diff) < atol, axis=-1)
+    diff -= diff.round()
+    return np.abs(diff).max(axis=-1) < atol
+
+
+def _listed_sites_coincide(coords: np.ndarray, atol: float) -> bool:
+    """Two listed sites on one position (P1: each site is its own only image). The pair test is
+    symmetric and true on the diagonal, so more than n close pairs means two distinct sites."""
+    return len(coords) > 1 and np.count_nonzero(_pbc_close(coords[:, None], coords[None], atol)) > len(coords)
 
 
 def _refuse_shared_positions(
@@ -370,9 +377,10 @@ def _refuse_shared_positions(
     if n < 2:
         return
     if _is_identity_only(rotations, translations):  # P1: a plain pairwise test
-        images = coords[None]
-    else:
-        images = np.einsum("oij,nj->oni", rotations, coords) + translations[:, None, :]  # [ops, n, 3]
+        if _listed_sites_coincide(coords, atol):
+            raise _Fallback
+        return
+    images = np.einsum("oij,nj->oni", rotations, coords) + translations[:, None, :]  # [ops, n, 3]
     close = _pbc_close(images[:, :, None, :], coords[None, None, :, :], atol)  # [ops, n(new), n(old)]
     rows, cols = _lower_triangle(n)
     if close[:, rows, cols].any():
@@ -406,12 +414,8 @@ def _p1_structure(
         keys = [ranks[symbol] for symbol in symbols]
     except KeyError:
         return None
-    if len(coords) > 1:  # two listed sites on one position: pymatgen merges them (disorder)
-        diff = coords[:, None, :] - coords[None, :, :]
-        diff -= diff.round()
-        # |d| < atol on every axis (pymatgen's test), symmetric and true on the diagonal
-        if np.count_nonzero(np.abs(diff).max(axis=-1) < atol) > len(coords):
-            raise _Fallback
+    if _listed_sites_coincide(coords, atol):  # pymatgen would merge them (disorder)
+        raise _Fallback
     numbers = _atomic_numbers()
     zs = [numbers[symbol] for symbol in symbols]
     if all(a <= b for a, b in itertools.pairwise(keys)):  # already pymatgen's order (its own CIFs)
@@ -434,9 +438,9 @@ def _element_ranks() -> dict[str, int]:
     without an electronegativity are left out."""
     from pymatgen.core import Element
 
-    symbols = [element.symbol for element in Element]
-    keyed = sorted((_electronegativity(s), s) for s in symbols if not math.isnan(_electronegativity(s)[0]))
-    return {symbol: rank for rank, (_, symbol) in enumerate(keyed)}
+    keys = [_electronegativity(element.symbol) for element in Element]
+    ordered = sorted(key for key in keys if not math.isnan(key[0]))
+    return {symbol: rank for rank, (_, symbol) in enumerate(ordered)}
 
 
 @lru_cache(maxsize=512)
