@@ -73,7 +73,7 @@ class CompactStructure:
     def __reduce__(self) -> tuple[Any, ...]:
         # Two byte strings instead of three pickled arrays: a third of the cost on both ends of the
         # reader's hand-off, which runs once per structure.
-        floats = np.concatenate([self.lattice.ravel(), self.frac_coords.ravel()]).astype(np.float64)
+        floats = np.concatenate([self.lattice.ravel(), self.frac_coords.ravel()], dtype=np.float64)
         numbers = self.numbers.astype(np.int64, copy=False)
         return (_rebuild, (floats.tobytes(), numbers.tobytes(), self.labels))
 
