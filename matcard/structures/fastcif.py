@@ -164,10 +164,11 @@ def _parse(text: str, site_tolerance: float) -> tuple[CompactStructure, list[str
         raise _Fallback
     lattice = _lattice(pairs)
     rotations, translations = _symmetry_operations(tuple(symops))
-    symbols, labels, coords, n_rounded = _asymmetric_sites(sites)
+    symbols, labels, columns, n_rounded = _asymmetric_sites(sites)
+    coords = np.array(columns).T
     structure = None
     if _is_identity_only(rotations, translations):  # P1 (every MP-derived CIF): no images to merge
-        structure = _p1_structure(lattice, symbols, labels, coords, site_tolerance)
+        structure = _p1_structure(lattice, symbols, labels, columns, coords, site_tolerance)
     if structure is None:
         _refuse_shared_positions(coords, rotations, translations, site_tolerance)
         species, frac, labels = _expand(symbols, labels, coords, rotations, translations, site_tolerance)
@@ -284,20 +285,26 @@ def _thicker_than(rows: list[list[float]], limit: float) -> bool:
 def _matrix_from_parameters(a: float, b: float, c: float, angles: list[float]) -> np.ndarray:
     """Lattice rows from lengths and angles (degrees), c along z: pymatgen's (non-VESTA) convention.
 
-    Vectorised cosines and NumPy scalars as pymatgen uses them: a scalar ``math.cos`` may differ in
-    the last bit, and the equivalence contract is the same floats.
+    The same floats as ``Lattice.from_parameters``: its cosines and sines are NumPy's vectorised
+    ones (a scalar ``math.cos`` may differ in the last bit), taken here the same way; the plain
+    arithmetic between them is done on Python floats, which round exactly as NumPy scalars do, at a
+    fraction of their cost (np.radians is the same product by pi / 180).
     """
-    radians = np.radians(angles)
-    cos_alpha, cos_beta, cos_gamma = np.cos(radians)
-    sin_alpha, sin_beta, _ = np.sin(radians)
-    # min/max clip the NumPy scalar as np.clip does (NaN passes through), at a fraction of its cost
+    radians = np.array([angle * _DEGREE for angle in angles])
+    cos_alpha, cos_beta, cos_gamma = np.cos(radians).tolist()
+    sin_alpha, sin_beta, _ = np.sin(radians).tolist()
+    # min/max clip as np.clip does (NaN passes through)
     gamma_star = np.arccos(min(max((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta), -1.0), 1.0))
+    cos_gamma_star, sin_gamma_star = float(np.cos(gamma_star)), float(np.sin(gamma_star))
     rows = [
         [a * sin_beta, 0.0, a * cos_beta],
-        [-b * sin_alpha * np.cos(gamma_star), b * sin_alpha * np.sin(gamma_star), b * cos_alpha],
+        [-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha],
         [0.0, 0.0, float(c)],
     ]
     return np.array(rows, dtype=np.float64)
+
+
+_DEGREE = math.pi / 180.0  # numpy's deg2rad factor
 
 
 @lru_cache(maxsize=512)
@@ -321,8 +328,11 @@ def _plain_element(symbol: str) -> bool:
     return bool(_ELEMENT_FORM.fullmatch(symbol)) and Element.is_valid_symbol(symbol)
 
 
-def _asymmetric_sites(columns: dict[str, list[str]]) -> tuple[list[str], list[str], np.ndarray, int]:
-    """Symbols, labels, coordinates (rounded as pymatgen's sanitiser rounds them) and the rounded count."""
+def _asymmetric_sites(
+    columns: dict[str, list[str]],
+) -> tuple[list[str], list[str], list[list[float]], int]:
+    """Symbols, labels, the x, y, z coordinate columns (rounded as pymatgen's sanitiser rounds them)
+    and the rounded count."""
     symbols = columns["_atom_site_type_symbol"]
     if not all(map(_plain_element, symbols)):
         raise _Fallback  # pymatgen would reinterpret the symbol (and warn)
@@ -333,9 +343,10 @@ def _asymmetric_sites(columns: dict[str, list[str]]) -> tuple[list[str], list[st
         raise _Fallback
     axes = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
     rounded = [_rounded_to_ideal(_floats(columns[tag])) for tag in axes]
-    coords = np.array([values for values, _ in rounded]).T
+    if not math.isfinite(sum(sum(values) for values, _ in rounded)):
+        raise _Fallback  # NaN or inf coordinates (or sums beyond float range): pymatgen decides
     n_rounded = sum(count for _, count in rounded)
-    return list(symbols), list(columns["_atom_site_label"]), coords, n_rounded
+    return list(symbols), list(columns["_atom_site_label"]), [values for values, _ in rounded], n_rounded
 
 
 _ROUNDING = tuple((ideal, float(str(ideal))) for ideal in _IDEAL_FRACS)
@@ -369,6 +380,45 @@ def _listed_sites_coincide(coords: np.ndarray, atol: float) -> bool:
     return len(coords) > 1 and np.count_nonzero(_pbc_close(coords[:, None], coords[None], atol)) > len(coords)
 
 
+def _columns_coincide(columns: list[list[float]], coords: np.ndarray, atol: float) -> bool:
+    """:func:`_listed_sites_coincide`, deciding most files without the n x n broadcast (about three
+    times its cost for MP-sized cells): only sites whose x coordinates lie within ``atol`` of each
+    other (modulo 1) can be close, so the sites are sorted by wrapped x and only runs of such
+    neighbours are tested, pair by pair, with the same arithmetic as :func:`_pbc_close`. Many or
+    wide-ranging candidates go to the broadcast test itself. The coordinates are finite."""
+    xs = columns[0]
+    n = len(xs)
+    if n < 2:
+        return False
+    wrapped = [x - math.floor(x) for x in xs]
+    if max(map(abs, xs)) > 1e3:  # the margin below covers rounding of moderate coordinates only
+        return _listed_sites_coincide(coords, atol)
+    limit = atol + 1e-9  # a pair close on x is within atol (plus rounding) of each other wrapped
+    order = sorted(range(n), key=wrapped.__getitem__)
+    runs, run = [], [order[0]]
+    for previous, current in itertools.pairwise(order):
+        if wrapped[current] - wrapped[previous] < limit:
+            run.append(current)
+        else:
+            runs.append(run)
+            run = [current]
+    if runs and wrapped[order[0]] + 1.0 - wrapped[order[-1]] < limit:  # the run across 1 -> 0
+        runs[0] = run + runs[0]
+    else:
+        runs.append(run)
+    pairs = [pair for members in runs if len(members) > 1 for pair in itertools.combinations(members, 2)]
+    if len(pairs) > 2 * n:
+        return _listed_sites_coincide(coords, atol)
+    for i, j in pairs:
+        for column in columns:
+            d = column[i] - column[j]
+            if not abs(d - round(d)) < atol:  # numpy rounds half to even too
+                break
+        else:
+            return True
+    return False
+
+
 def _refuse_shared_positions(
     coords: np.ndarray, rotations: np.ndarray, translations: np.ndarray, atol: float
 ) -> None:
@@ -400,7 +450,12 @@ def _is_identity_only(rotations: np.ndarray, translations: np.ndarray) -> bool:
 
 
 def _p1_structure(
-    lattice: np.ndarray, symbols: list[str], labels: list[str], coords: np.ndarray, atol: float
+    lattice: np.ndarray,
+    symbols: list[str],
+    labels: list[str],
+    columns: list[list[float]],
+    coords: np.ndarray,
+    atol: float,
 ) -> CompactStructure | None:
     """The structure of a P1 file, the result :func:`_expand` and :func:`_ordered` give, in one pass;
     None when a symbol has no electronegativity (noble gases: their order is not a total order, so
@@ -414,7 +469,7 @@ def _p1_structure(
         keys = [ranks[symbol] for symbol in symbols]
     except KeyError:
         return None
-    if _listed_sites_coincide(coords, atol):  # pymatgen would merge them (disorder)
+    if _columns_coincide(columns, coords, atol):  # pymatgen would merge them (disorder)
         raise _Fallback
     numbers = _atomic_numbers()
     zs = [numbers[symbol] for symbol in symbols]

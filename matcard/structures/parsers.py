@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,16 +163,22 @@ def _parse_item(item: _Item, options: _Options) -> list[Outcome]:
             assert item.path is not None
             text, encoding = _read_text(item.path)
             return _parse_cif_text(text, item_id, item.source, item.label, options, encoding, properties)
-        if item.kind == "cif_text":
-            assert item.text is not None
-            return _parse_cif_text(item.text, item_id, item.source, item.label, options, (), properties)
-        if item.kind == "poscar":
+        kind, text = item.kind, item.text
+        if kind in {"cell", "cell_poscar"}:  # a table cell: find what it holds here, in the worker
+            content = cell_content(text, poscar=kind == "cell_poscar")
+            if content is None:
+                return [ReadFailure(item.source, "the structure cell holds no CIF, POSCAR or Structure dict")]
+            kind, text = content
+        if kind == "cif_text":
+            assert text is not None
+            return _parse_cif_text(text, item_id, item.source, item.label, options, (), properties)
+        if kind == "poscar":
             assert item.path is not None
             text, _ = _read_text(item.path)
             return _parse_poscar_text(text, item_id, item.source, item.label, options, properties, item.path)
-        if item.kind == "poscar_text":
-            assert item.text is not None
-            return _parse_poscar_text(item.text, item_id, item.source, item.label, options, properties)
+        if kind == "poscar_text":
+            assert text is not None
+            return _parse_poscar_text(text, item_id, item.source, item.label, options, properties)
         if item.kind == "xyz":
             assert item.path is not None
             return _parse_xyz(item.path, item_id, item.source, item.label, options)
@@ -183,14 +188,9 @@ def _parse_item(item: _Item, options: _Options) -> list[Outcome]:
         if item.kind == "db":
             assert item.path is not None
             return _read_ase_db(item.path, options)
-        if item.kind in {"cell", "cell_poscar"}:  # a table cell: find what it holds here, in the worker
-            content = cell_content(item.text, poscar=item.kind == "cell_poscar")
-            if content is None:
-                return [ReadFailure(item.source, "the structure cell holds no CIF, POSCAR or Structure dict")]
-            return _parse_item(replace(item, kind=content[0], text=content[1]), options)
-        if item.kind == "structure_dict":
-            assert item.text is not None
-            structure = _structure_from_obj(json.loads(item.text))
+        if kind == "structure_dict":
+            assert text is not None
+            structure = _structure_from_obj(json.loads(text))
             if structure is None:
                 return [ReadFailure(item.source, "not a pymatgen Structure dict")]
             return [_finish(structure, item_id, item.source, item.label, options, properties=properties)]

@@ -260,6 +260,37 @@ def test_p1_sites_on_one_position_or_a_wrong_formula_fall_back() -> None:
     assert parse_cif_fast(_P1.format(formula="Na1 Cl2", sites=sites)) is None  # pymatgen warns
 
 
+def test_sorted_pair_test_agrees_with_the_broadcast_test() -> None:
+    """The P1 route's pair test (sites sorted by wrapped x) decides as the n x n broadcast does, on
+    cells full of special positions, wrapped images and near-misses around the tolerance."""
+    import matcard.structures.fastcif as fastcif
+
+    rng = np.random.default_rng(7)
+    specials = [0.0, 0.5, 0.25, 0.75, 1 / 3, 2 / 3, 1.0, -0.5, 2.5, -1.0, 0.99995, 4e-5, -4e-5, 1e-4, 0.9999]
+    coincide = 0
+    for trial in range(20000):
+        n = int(rng.integers(1, 14))
+        if trial % 3 == 0:
+            coords = rng.random((n, 3))
+        else:
+            picks = rng.choice(specials, (n, 3))
+            coords = np.where(rng.random((n, 3)) < 0.8, picks, rng.random((n, 3)))
+        if n > 1 and rng.random() < 0.3:  # an image of another site, shifted by up to a few atol
+            i, j = rng.integers(0, n, 2)
+            coords[i] = coords[j] + rng.integers(-1, 2, 3) + rng.normal(0, 1e-4, 3)
+        expected = fastcif._listed_sites_coincide(coords, 1e-4)
+        columns = [coords[:, k].tolist() for k in range(3)]
+        assert fastcif._columns_coincide(columns, coords, 1e-4) == expected, coords
+        coincide += expected
+    assert 1000 < coincide < 19000  # both outcomes well represented
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_coordinates_fall_back(value: str) -> None:
+    sites = f"Na Na1 0 0 0 1\nCl Cl1 0.5 {value} 0.5 1"
+    assert parse_cif_compact(_P1.format(formula="Na1 Cl1", sites=sites)) is None
+
+
 def test_simple_formulas_are_read_as_composition_reads_them(shared_data: Path) -> None:
     """The formula shortcut gives Composition's amounts for every formula tag of the shared CIFs."""
     import re
