@@ -91,6 +91,42 @@ def _has_site_coordinates(text: str) -> bool:
     return "_atom_site_fract_x" in text or _SITE_COORDINATES.search(text) is not None
 
 
+def _parse_with_pymatgen(text: str, options: _Options) -> tuple[Structure, tuple[str, ...], tuple[str, ...]]:
+    """The first structure of ``text`` by pymatgen's CifParser, its flags and kept warnings."""
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser = CifParser.from_str(
+            text, occupancy_tolerance=options.occupancy_tolerance, site_tolerance=options.site_tolerance
+        )
+        try:
+            structures = parser.parse_structures(primitive=False, on_error="warn")
+        except ValueError:  # "Invalid CIF file with no structures!": the reasons are in warnings
+            structures = []
+    # parser.warnings holds every parsing issue; the caught warnings add the stoichiometry check.
+    messages = list(dict.fromkeys([*parser.warnings, *(str(w.message) for w in caught)]))
+    if not structures:
+        problems = [" ".join(m.split()) for m in messages if not m.startswith("Issues encountered")]
+        detail = "; ".join(
+            dict.fromkeys(p.replace("No structure parsed for section 1 in CIF. ", "") for p in problems)
+        )
+        raise ValueError(f"no structure could be built ({detail or 'no usable atom sites'})")
+    flags, kept = classify_warnings(messages)
+    return structures[0], flags, kept
+
+
+def _parse_single(
+    text: str, options: _Options
+) -> tuple[Structure | CompactStructure, tuple[str, ...], tuple[str, ...]]:
+    """One block's structure: the fast path's arrays when it reproduces pymatgen exactly, else pymatgen's."""
+    if options.cif_parser == "fast":
+        fast = parse_cif_compact(text, site_tolerance=options.site_tolerance)
+        if fast is not None:
+            return (fast[0], *classify_warnings(fast[1])) if fast[1] else (fast[0], (), ())
+    return _parse_with_pymatgen(text, options)
+
+
 def _parse_cif_text(
     text: str,
     item_id: str,
@@ -100,48 +136,33 @@ def _parse_cif_text(
     extra_flags: tuple[str, ...] = (),
     properties: dict[str, Any] | None = None,
 ) -> list[Outcome]:
-    from pymatgen.io.cif import CifFile, CifParser
-
-    def parse_one(cif_text: str) -> tuple[Structure, tuple[str, ...], tuple[str, ...]]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            parser = CifParser.from_str(
-                cif_text,
-                occupancy_tolerance=options.occupancy_tolerance,
-                site_tolerance=options.site_tolerance,
-            )
-            try:
-                structures = parser.parse_structures(primitive=False, on_error="warn")
-            except ValueError:  # "Invalid CIF file with no structures!": the reasons are in warnings
-                structures = []
-        # parser.warnings holds every parsing issue; the caught warnings add the stoichiometry check.
-        messages = list(dict.fromkeys([*parser.warnings, *(str(w.message) for w in caught)]))
-        if not structures:
-            problems = [" ".join(m.split()) for m in messages if not m.startswith("Issues encountered")]
-            detail = "; ".join(
-                dict.fromkeys(p.replace("No structure parsed for section 1 in CIF. ", "") for p in problems)
-            )
-            raise ValueError(f"no structure could be built ({detail or 'no usable atom sites'})")
-        flags, kept = classify_warnings(messages)
-        return structures[0], flags, kept
-
-    def parse_single(cif_text: str) -> tuple[Structure | CompactStructure, tuple[str, ...], tuple[str, ...]]:
-        if options.cif_parser == "fast":  # gemmi, when it reproduces pymatgen exactly (else None)
-            fast = parse_cif_compact(cif_text, site_tolerance=options.site_tolerance)
-            if fast is not None:
-                return (fast[0], *classify_warnings(fast[1]))
-        return parse_one(cif_text)
-
     encoding_flags = tuple(f.split(" ", 1)[0] for f in extra_flags)
     encoding_messages = tuple(f for f in extra_flags if " " in f)
     if _one_data_block(text) and _has_site_coordinates(text):
         # Single-block shortcut (e.g. a CSV's CIF column): one block with atoms, parsed once.
         try:
-            structure, flags, messages = parse_single(text)
+            structure, flags, messages = _parse_single(text, options)
         except Exception as err:
             return [ReadFailure(source, *plain_reason(err))]
-        flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)
+        if extra_flags:
+            flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)
         return [_finish(structure, item_id, source, label, options, flags, messages, properties)]
+    return _parse_blocks(text, item_id, source, label, options, encoding_flags, encoding_messages, properties)
+
+
+def _parse_blocks(
+    text: str,
+    item_id: str,
+    source: str,
+    label: object | None,
+    options: _Options,
+    encoding_flags: tuple[str, ...],
+    encoding_messages: tuple[str, ...],
+    properties: dict[str, Any] | None,
+) -> list[Outcome]:
+    """Every block of a multi-block (or unusual) CIF that holds atom sites, each parsed by pymatgen."""
+    from pymatgen.io.cif import CifFile
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -157,20 +178,12 @@ def _parse_cif_text(
         block_source = f"{source}#{name}" if multi else source
         block_id = f"{item_id}:{name}" if multi else item_id
         try:
-            structure, flags, messages = parse_one(str(block) if len(blocks) > 1 else text)
+            block_text = str(block) if len(blocks) > 1 else text
+            structure, flags, messages = _parse_with_pymatgen(block_text, options)
         except Exception as err:
             outcomes.append(ReadFailure(block_source, *plain_reason(err)))
             continue
-        outcomes.append(
-            _finish(
-                structure,
-                block_id,
-                block_source,
-                label,
-                options,
-                (*encoding_flags, *flags),
-                (*encoding_messages, *messages),
-                properties,
-            )
-        )
+        flags, messages = (*encoding_flags, *flags), (*encoding_messages, *messages)
+        outcome = _finish(structure, block_id, block_source, label, options, flags, messages, properties)
+        outcomes.append(outcome)
     return outcomes

@@ -216,7 +216,7 @@ def _block_items(block: Any) -> tuple[dict[str, str], dict[str, Any]]:
 
 @lru_cache(maxsize=256)
 def _loop_kind(tags: tuple[str, ...]) -> str | None:
-    """"sites", "symops", None for a loop pymatgen ignores; anything else falls back."""
+    """ "sites", "symops", None for a loop pymatgen ignores; anything else falls back."""
     if set(tags) <= _SITE_TAGS and all(t in tags for t in _REQUIRED_SITE_TAGS):
         return "sites"
     if set(tags) <= _SYMOP_LOOP_TAGS and sum(t in tags for t in _SYMOP_TAGS) == 1:
