@@ -381,42 +381,64 @@ def _listed_sites_coincide(coords: np.ndarray, atol: float) -> bool:
 
 
 def _columns_coincide(columns: list[list[float]], coords: np.ndarray, atol: float) -> bool:
-    """:func:`_listed_sites_coincide`, deciding most files without the n x n broadcast (about three
-    times its cost for MP-sized cells): only sites whose x coordinates lie within ``atol`` of each
-    other (modulo 1) can be close, so the sites are sorted by wrapped x and only runs of such
-    neighbours are tested, pair by pair, with the same arithmetic as :func:`_pbc_close`. Many or
-    wide-ranging candidates go to the broadcast test itself. The coordinates are finite."""
-    xs = columns[0]
-    n = len(xs)
+    """:func:`_listed_sites_coincide`, deciding most files without the n x n broadcast (about twice
+    its cost for MP-sized cells). Two sites can only be close if their coordinates along each axis
+    lie within ``atol`` of each other (modulo 1), so candidates come from sorting along one axis (x,
+    else y or z when x leaves too many), and only those pairs are tested, with the same arithmetic
+    as :func:`_pbc_close`. Cells crowded on every axis go to the broadcast test. Coordinates are finite."""
+    n = len(columns[0])
     if n < 2:
         return False
-    wrapped = [x - math.floor(x) for x in xs]
-    if max(map(abs, xs)) > 1e3:  # the margin below covers rounding of moderate coordinates only
-        return _listed_sites_coincide(coords, atol)
-    limit = atol + 1e-9  # a pair close on x is within atol (plus rounding) of each other wrapped
-    order = sorted(range(n), key=wrapped.__getitem__)
-    runs, run = [], [order[0]]
-    for previous, current in itertools.pairwise(order):
-        if wrapped[current] - wrapped[previous] < limit:
-            run.append(current)
+    for axis in columns:
+        pairs = _candidate_pairs(axis, atol)
+        if pairs is None:
+            continue
+        for i, j in pairs:
+            for column in columns:
+                d = column[i] - column[j]
+                if not abs(d - round(d)) < atol:  # numpy rounds half to even too
+                    break
+            else:
+                return True
+        return False
+    return _listed_sites_coincide(coords, atol)
+
+
+def _candidate_pairs(values: list[float], atol: float) -> list[tuple[int, int]] | None:
+    """Pairs of sites whose ``values`` lie within ``atol`` of each other modulo 1 (a superset: the
+    margin covers rounding), or None when there are more than two per site or values beyond 1e3."""
+    if max(values) > 1e3 or min(values) < -1e3:  # the margin below covers moderate values only
+        return None
+    wrapped = [value % 1.0 for value in values]  # in [0, 1]: exact, or 1.0 for a tiny negative
+    order = sorted(range(len(values)), key=wrapped.__getitem__)
+    ordered = [wrapped[i] for i in order]
+    limit = atol + 1e-9
+    near = [k for k in range(len(order) - 1) if ordered[k + 1] - ordered[k] < limit]
+    across = ordered[0] + 1.0 - ordered[-1] < limit  # the gap from the last site around to the first
+    if not near and not across:
+        return []
+    pairs = [pair for members in _runs(order, near, across) for pair in itertools.combinations(members, 2)]
+    return pairs if len(pairs) <= 2 * len(values) else None
+
+
+def _runs(order: list[int], near: list[int], across: bool) -> list[list[int]]:
+    """Groups of two or more sites (indices) joined by the near gaps ``near`` (position k: between
+    ``order[k]`` and ``order[k + 1]``), and by the gap across 1 -> 0 when ``across``."""
+    runs: list[list[int]] = []
+    for k in near:
+        if runs and runs[-1][-1] == order[k]:
+            runs[-1].append(order[k + 1])
         else:
-            runs.append(run)
-            run = [current]
-    if runs and wrapped[order[0]] + 1.0 - wrapped[order[-1]] < limit:  # the run across 1 -> 0
-        runs[0] = run + runs[0]
-    else:
-        runs.append(run)
-    pairs = [pair for members in runs if len(members) > 1 for pair in itertools.combinations(members, 2)]
-    if len(pairs) > 2 * n:
-        return _listed_sites_coincide(coords, atol)
-    for i, j in pairs:
-        for column in columns:
-            d = column[i] - column[j]
-            if not abs(d - round(d)) < atol:  # numpy rounds half to even too
-                break
+            runs.append([order[k], order[k + 1]])
+    if across:
+        first, last = order[0], order[-1]
+        head = runs.pop(0) if runs and runs[0][0] == first else [first]
+        if head[-1] == last:  # one run through every site already
+            runs.append(head)
         else:
-            return True
-    return False
+            tail = runs.pop() if runs and runs[-1][-1] == last else [last]
+            runs.append(tail + head)
+    return runs
 
 
 def _refuse_shared_positions(
