@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from matcard.console import make_progress
-from matcard.structures.compact import CompactStructure
 from matcard.structures.parsers import _parse_item
-from matcard.structures.records import CompactRecord, Outcome, ReadFailure, StructureRecord, _Item, _Options
+from matcard.structures.records import Outcome, ReadFailure, StructureRecord, _Item, _Options
+from matcard.structures.transport import for_transport, pack_outcomes, unpack_outcomes
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,9 +43,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, options: _Options,
         results = []
         for index, item in batch:
             _mark(position, index)
-            outcomes = [_for_transport(outcome) for outcome in _parse_item(item, options)]
+            outcomes = [for_transport(outcome) for outcome in _parse_item(item, options)]
             results.append((index, _prepared(outcomes, options)))
-        conn.send(results)
+        conn.send(pack_outcomes(results))
         _mark(position, None)
 
 
@@ -78,16 +78,6 @@ def _prepared(outcomes: list[Outcome], options: _Options) -> list[Outcome]:
         except Exception:
             prepared.append(outcome)
     return prepared
-
-
-def _for_transport(outcome: Outcome) -> Outcome:
-    """A record whose Structure can travel as arrays does (a fraction of the pickling cost on both
-    ends); the parent builds the Structure again only when asked for it, identical to this one."""
-    if type(outcome) is StructureRecord:
-        compact = CompactStructure.from_structure(outcome.structure)
-        if compact is not None:
-            return CompactRecord.from_record(outcome, compact)
-    return outcome
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -287,7 +277,7 @@ def _run_pool(
             for conn in multiprocessing.connection.wait(list(busy), timeout=wait_for):
                 worker = busy[conn]
                 try:
-                    results = conn.recv()
+                    results = unpack_outcomes(conn.recv())
                 except (EOFError, OSError):
                     # The worker died (segfault, OOM kill): blame the item it was on, retry the rest.
                     worker.process.join(timeout=1)
@@ -320,11 +310,7 @@ def _run_pool(
 def _without_properties(item: _Item) -> _Item:
     """The work item without a table row's other columns: they never change in a worker, and they
     cost a worker more to unpickle than the rest of the item (measured ~13 against ~2 us per row)."""
-    if not item.properties:
-        return item
-    return _Item(
-        kind=item.kind, source=item.source, path=item.path, text=item.text, id=item.id, label=item.label
-    )
+    return item._replace(properties=()) if item.properties else item
 
 
 def _with_properties(outcomes: list[Outcome], properties: tuple[tuple[str, Any], ...]) -> None:

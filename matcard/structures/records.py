@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from matcard.structures.compact import CompactStructure
 
@@ -138,8 +138,10 @@ class Skipped(ReadFailure):
 # --------------------------------------------------------------------------------------------
 # Work items: what a worker parses. Everything here must be picklable.
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):
+    """One unit of work. A named tuple, not a dataclass: tables make one per row in the caller and
+    workers unpickle one per structure, and a tuple is a fraction of the cost on both ends."""
+
     kind: str  # "cif" | "poscar" | "xyz" | "json" | "cif_text" | "poscar_text" | "structure_dict"
     source: str
     path: str | None = None
