@@ -41,7 +41,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, options: _Options,
         if batch is None:
             return
         results = []
-        for index, item in batch:
+        for index, fields in batch:
+            item = _Item(*fields)  # see _Worker.send
             _mark(position, index)
             outcomes = [for_transport(outcome) for outcome in _parse_item(item, options)]
             results.append((index, _prepared(outcomes, options)))
@@ -114,9 +115,10 @@ class _Worker:
 
     def send(self, batch: list[tuple[int, _Item]], keep_properties: bool) -> None:
         self.pending.update(batch)
-        if not keep_properties:  # attached again on the way back (see _with_properties)
-            batch = [(index, _without_properties(item)) for index, item in batch]
-        self.conn.send(batch)
+        # Plain field tuples (the worker makes the items again); without a table row's other columns
+        # unless the prepare hook reads them: they are attached again on the way back.
+        width = len(_Item._fields) - (0 if keep_properties else 1)
+        self.conn.send([(index, item[:width]) for index, item in batch])
 
     def culprit(self) -> tuple[int, float | None]:
         """The item the worker is on (index, seconds on it), else the oldest pending item (None)."""
@@ -305,12 +307,6 @@ def _run_pool(
                 worker.kill()
             else:
                 worker.stop()
-
-
-def _without_properties(item: _Item) -> _Item:
-    """The work item without a table row's other columns: they never change in a worker, and they
-    cost a worker more to unpickle than the rest of the item (measured ~13 against ~2 us per row)."""
-    return item._replace(properties=()) if item.properties else item
 
 
 def _with_properties(outcomes: list[Outcome], properties: tuple[tuple[str, Any], ...]) -> None:
