@@ -20,6 +20,9 @@ class FactoredCGConv(CGConv):
     MP-20 graphs, one thread, same weights and batches (``benchmarks/cgcnn_conv.py``), inference
     1.9x and a training step 2.7x faster. The state dict is CGConv's, so bundles and checkpoints of
     either load into the other; a test checks outputs and gradients against CGConv in float64.
+    When the edges come k per centre atom in atom order (the graph featurizer's nearest mode), each
+    centre's projection is added to its block of edges as a broadcast instead of a gather: the same
+    floats, about 10 % off an MP-20 inference pass at 32 graphs.
     """
 
     def forward(
@@ -36,13 +39,29 @@ class FactoredCGConv(CGConv):
         else:
             gates = torch.addmm(torch.cat([self.lin_f.bias, self.lin_s.bias]), edge_attr, on_edge.t())
         # in place on the (edges, 2 out) product: its backward needs its inputs, not its output
-        gates += (x @ on_centre.t()).index_select(0, centre)
+        per_centre = _edges_per_centre(centre, x.size(0))
+        if per_centre:  # the same sums without gathering: each centre's edges are a block of rows
+            gates.view(x.size(0), per_centre, -1).add_((x @ on_centre.t()).unsqueeze(1))
+        else:
+            gates += (x @ on_centre.t()).index_select(0, centre)
         gates += (x @ on_neighbour.t()).index_select(0, neighbour)
         filter_gate, core = gates.split(n_out, dim=1)
         messages = filter_gate.sigmoid() * nn.functional.softplus(core)
         out = x.new_zeros(x.size(0), n_out).index_add_(0, centre, messages)
         out = out if self.bn is None else self.bn(out)
         return out + x
+
+
+def _edges_per_centre(centre: torch.Tensor, n_atoms: int) -> int:
+    """k when the edges are grouped by centre atom, k each, in atom order (what the graph featurizer
+    writes in "nearest" mode whenever every atom has k neighbours), else 0."""
+    n_edges = centre.numel()
+    if n_atoms == 0 or n_edges == 0 or n_edges % n_atoms:
+        return 0
+    k = n_edges // n_atoms
+    blocks = centre.view(n_atoms, k)
+    expected = torch.arange(n_atoms, device=centre.device, dtype=centre.dtype).unsqueeze(1)
+    return k if bool((blocks == expected).all()) else 0
 
 
 class CGCNN(nn.Module):

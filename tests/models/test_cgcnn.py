@@ -146,3 +146,32 @@ def test_factored_convolution_equals_torch_geometric_cgconv(aflow_graphs, train)
     for ours, theirs in zip(*outputs, strict=True):  # the same sums in another order
         assert (ours - theirs).abs().max() <= 1e-9 * theirs.abs().max()
     assert outputs[0][0].abs().max() > 0.1  # a real signal, not two zero tensors
+
+
+def test_blocked_edges_skip_the_centre_gather_with_identical_results(aflow_graphs, monkeypatch):
+    """Edges grouped k per centre in atom order (the featurizer's nearest mode) add each centre's
+    projection as a broadcast instead of a gather: the same floats, bit for bit, and the same
+    gradients; any other edge order takes the gather."""
+    import matcard.models.cgcnn as cgcnn_module
+    from matcard.models.layers import message_edges
+
+    graphs, node_dim, _ = aflow_graphs
+    batch = Batch.from_data_list(graphs[:12])
+    edge_index = message_edges(batch)
+    assert cgcnn_module._edges_per_centre(edge_index[1], batch.num_nodes) == 12
+    shuffled = edge_index[:, torch.randperm(edge_index.size(1), generator=torch.Generator().manual_seed(0))]
+    assert cgcnn_module._edges_per_centre(shuffled[1], batch.num_nodes) == 0
+    assert cgcnn_module._edges_per_centre(edge_index[1][:-1], batch.num_nodes) == 0
+
+    torch.manual_seed(0)
+    model = CGCNN(node_dim, 3)
+    results = []
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(cgcnn_module, "_edges_per_centre", lambda centre, n_atoms: 0)
+        model.zero_grad()
+        logits, _ = model(batch)
+        logits.square().sum().backward()
+        results.append((logits.detach(), model.convs[0].lin_f.weight.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
