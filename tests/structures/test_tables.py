@@ -100,3 +100,77 @@ def test_table_body_is_streamed_not_read_whole(published: Path, monkeypatch: pyt
     dataset = load_dataset(published / "piezoelectric_tensor_2017_head.csv", workers=1, progress=False)
     assert len(dataset.ids) == 12
     assert calls and all(k.get("nrows") or k.get("chunksize") for k in calls), calls
+
+
+def _entries(path: Path, *, pandas_only: bool, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:  # type: ignore[type-arg]
+    """Every entry the table reader makes of ``path``, as plain comparable tuples."""
+    import math
+
+    import matcard.structures.tables as tables
+
+    def refuse(*args: object) -> object:
+        raise ValueError("pandas only")
+        yield
+
+    with monkeypatch.context() as patch:
+        if pandas_only:
+            patch.setattr(tables, "_arrow_csv_chunks", refuse)
+        entries = list(
+            tables._table_entries(
+                path, cif_column=None, id_column=None, label_column=None, in_directory=False
+            )
+        )
+
+    def plain(value: object) -> object:  # NaN == NaN for the comparison
+        return "<nan>" if isinstance(value, float) and math.isnan(value) else value
+
+    rows = []
+    for kind, payload in entries:
+        if kind == "item":
+            fields = (payload.kind, payload.source, payload.text, payload.id, plain(payload.label))
+            rows.append((kind, *fields, tuple((k, plain(v), type(v)) for k, v in payload.properties)))
+        else:
+            rows.append((kind, payload.source, payload.reason))
+    return rows
+
+
+def test_csv_split_by_pyarrow_gives_pandas_entries_for_every_shared_table(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts, ids, labels and every other column (values and Python types) as pandas reads them."""
+    paths = sorted(p for p in shared_data.rglob("*.csv*") if p.suffix in {".csv", ".gz"})
+    assert len(paths) >= 10
+    checked = 0
+    for path in paths:
+        fast = _entries(path, pandas_only=False, monkeypatch=monkeypatch)
+        assert fast == _entries(path, pandas_only=True, monkeypatch=monkeypatch), path
+        checked += sum(kind == "item" for kind, *_ in fast)
+    assert checked > 14_000
+
+
+def test_csv_pyarrow_cannot_split_is_read_by_pandas_from_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path
+) -> None:
+    """Quotes, multi-line cells, pandas' missing-value words, and a whitespace-only line well into
+    the file (pyarrow refuses it; pandas skips it): pandas takes over after the rows already given."""
+    import matcard.structures.tables as tables
+
+    cifs = list(pd.read_csv(shared_data / "mp20_biternary" / "val.csv.gz", nrows=60)["cif"])
+    rows = []
+    for i, cif in enumerate(cifs):
+        note = ["NA", "", 'say "hi"', "multi\nline", "None", "1e3", "007", "True"][i % 8]
+        cell = "NA" if i == 7 else ("" if i == 9 else cif)
+        rows.append({"material_id": f"m-{i}", "cif": cell, "note": note, "value": i * 0.5})
+    table = pd.DataFrame(rows).to_csv(index=False)
+    lines = table.split("\n")
+    cut = table.index("m-40")
+    text = table[:cut] + "   \n" + table[cut:]
+    assert len(lines) > 60
+    path = tmp_path / "tricky.csv"
+    path.write_text(text)
+    monkeypatch.setattr(tables, "_ARROW_BLOCK_BYTES", 4096)  # several batches before the bad line
+    monkeypatch.setattr(tables, "TABLE_CHUNK_ROWS", 7)  # and several chunks, types inferred per chunk
+    fast = _entries(path, pandas_only=False, monkeypatch=monkeypatch)
+    assert fast == _entries(path, pandas_only=True, monkeypatch=monkeypatch)
+    assert [row[4] for row in fast if row[0] == "item"][:3] == ["m-0", "m-1", "m-2"]
+    assert sum(row[0] == "item" for row in fast) == 58 and len(fast) == 60  # two empty cells
