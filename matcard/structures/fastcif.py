@@ -257,13 +257,13 @@ def _lattice(pairs: dict[str, str]) -> np.ndarray:
     the same order (so the same floats) without building a Lattice; flat cells fall back."""
     try:
         a, b, c = (_str2float(pairs[f"_cell_length_{k}"]) for k in "abc")
-        angles = [_str2float(pairs[f"_cell_angle_{k}"]) for k in ("alpha", "beta", "gamma")]
+        angles = tuple(_str2float(pairs[f"_cell_angle_{k}"]) for k in ("alpha", "beta", "gamma"))
     except KeyError as err:
         raise _Fallback from err
-    matrix = _matrix_from_parameters(a, b, c, angles)
-    if not _thicker_than(matrix.tolist(), 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
+    rows = _rows_from_parameters(a, b, c, angles)  # type: ignore[arg-type]
+    if not _thicker_than(rows, 1.1 * _MIN_THICKNESS):  # margin: near the guard, pymatgen decides
         raise _Fallback
-    return matrix
+    return np.array(rows, dtype=np.float64)
 
 
 def _thicker_than(rows: list[list[float]], limit: float) -> bool:
@@ -283,25 +283,34 @@ def _thicker_than(rows: list[list[float]], limit: float) -> bool:
 
 
 def _matrix_from_parameters(a: float, b: float, c: float, angles: list[float]) -> np.ndarray:
-    """Lattice rows from lengths and angles (degrees), c along z: pymatgen's (non-VESTA) convention.
+    """Lattice rows from lengths and angles (degrees), c along z: pymatgen's (non-VESTA) convention."""
+    return np.array(_rows_from_parameters(a, b, c, tuple(angles)), dtype=np.float64)
 
-    The same floats as ``Lattice.from_parameters``: its cosines and sines are NumPy's vectorised
-    ones (a scalar ``math.cos`` may differ in the last bit), taken here the same way; the plain
-    arithmetic between them is done on Python floats, which round exactly as NumPy scalars do, at a
-    fraction of their cost (np.radians is the same product by pi / 180).
-    """
+
+def _rows_from_parameters(
+    a: float, b: float, c: float, angles: tuple[float, float, float]
+) -> list[list[float]]:
+    """The rows of :func:`_matrix_from_parameters` as Python floats. The arithmetic on Python floats
+    rounds exactly as on NumPy scalars, at a fraction of the cost."""
+    cos_alpha, cos_beta, sin_alpha, sin_beta, cos_gamma_star, sin_gamma_star = _angle_terms(angles)
+    return [
+        [a * sin_beta, 0.0, a * cos_beta],
+        [-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha],
+        [0.0, 0.0, float(c)],
+    ]
+
+
+@lru_cache(maxsize=256)
+def _angle_terms(angles: tuple[float, float, float]) -> tuple[float, ...]:
+    """The cosines and sines ``Lattice.from_parameters`` takes of the angles (degrees), as NumPy's
+    vectorised functions give them (a scalar ``math.cos`` may differ in the last bit); np.radians is
+    the same product by pi / 180. Cached: four MP cells in ten share one of a few angle triples."""
     radians = np.array([angle * _DEGREE for angle in angles])
     cos_alpha, cos_beta, cos_gamma = np.cos(radians).tolist()
     sin_alpha, sin_beta, _ = np.sin(radians).tolist()
     # min/max clip as np.clip does (NaN passes through)
     gamma_star = np.arccos(min(max((cos_alpha * cos_beta - cos_gamma) / (sin_alpha * sin_beta), -1.0), 1.0))
-    cos_gamma_star, sin_gamma_star = float(np.cos(gamma_star)), float(np.sin(gamma_star))
-    rows = [
-        [a * sin_beta, 0.0, a * cos_beta],
-        [-b * sin_alpha * cos_gamma_star, b * sin_alpha * sin_gamma_star, b * cos_alpha],
-        [0.0, 0.0, float(c)],
-    ]
-    return np.array(rows, dtype=np.float64)
+    return cos_alpha, cos_beta, sin_alpha, sin_beta, float(np.cos(gamma_star)), float(np.sin(gamma_star))
 
 
 _DEGREE = math.pi / 180.0  # numpy's deg2rad factor
@@ -626,6 +635,8 @@ def _check_formula(pairs: dict[str, str], numbers: list[int]) -> None:
     for number in numbers:
         symbol = symbol_of[number]
         found[symbol] = found.get(symbol, 0.0) + 1.0
+    if found == expected:  # the common case: every amount equal (and so a difference of 0)
+        return
     if set(expected) != set(found):
         raise _Fallback
     if all(found[e] - expected[e] == 0 for e in expected):
