@@ -106,8 +106,9 @@ class ProcessBackend(Backend):
             return future.result()
         except cf.process.BrokenProcessPool as exc:
             raise MatcardError(
-                "a screening worker process died (out of memory?); finished shards are saved - "
-                "rerun with --resume to continue"
+                "a screening worker process died: out of memory, or a script that screens with "
+                "workers > 1 without an `if __name__ == \"__main__\":` guard (workers are spawned and "
+                "import the main module); finished shards are saved - rerun with --resume to continue"
             ) from exc
 
     def close(self) -> None:

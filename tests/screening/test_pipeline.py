@@ -357,3 +357,24 @@ def test_featurize_failures_are_plain_reasons_with_the_raw_detail(seeded_bundle:
     assert error["reason"].startswith("cannot featurize: ") and "apart" in error["reason"]
     assert error["detail"].startswith("FeaturizationError: ")
     assert result.failure_reasons == {error["reason"]: 1}  # the whole reason, colons included
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_is_told_why_its_workers_died(
+    seeded_bundle: Path, mp20_subset: Path, tmp_path: Path
+) -> None:
+    """Spawned workers import the main module: a script without the guard starts screening again in
+    each of them, and they die. The error says so (and the process exits instead of hanging)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from matcard.screening import screen\n"
+        f"screen({str(seeded_bundle)!r}, {str(mp20_subset)!r}, {str(tmp_path / 'o.parquet')!r}, "
+        "workers=2, shard_atoms=500, progress=False)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "a screening worker process died: out of memory, or a script" in done.stderr
+    assert "without an `if __name__ == \"__main__\":` guard" in done.stderr
