@@ -26,9 +26,9 @@ class Backend:
 
     name = "base"
     max_in_flight = 1
-    # Build graphs in the structure reader's worker processes (GraphPreparer): worth it only where
-    # the shards run in this process, which would otherwise featurize serially; shard workers of
-    # the other backends featurize in parallel already and would receive the graphs pickled twice.
+    # Build graphs (and predict) in the structure reader's worker processes (GraphPreparer): worth it
+    # only where the shards run in this process, which would otherwise do that serially; shard workers
+    # of the other backends do it in parallel already and would receive the graphs pickled twice.
     prepare_in_reader = False
 
     def submit(self, task: ShardTask) -> Any:
@@ -107,7 +107,7 @@ class ProcessBackend(Backend):
         except cf.process.BrokenProcessPool as exc:
             raise MatcardError(
                 "a screening worker process died: out of memory, or a script that screens with "
-                "workers > 1 without an `if __name__ == \"__main__\":` guard (workers are spawned and "
+                'workers > 1 without an `if __name__ == "__main__":` guard (workers are spawned and '
                 "import the main module); finished shards are saved - rerun with --resume to continue"
             ) from exc
 

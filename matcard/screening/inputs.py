@@ -25,8 +25,21 @@ def reader_hook(backend: Backend, model: Any) -> GraphPreparer | None:
     workers when the shards run in this process and the featurizer works from arrays, else None."""
     featurizer = getattr(model, "featurizer", None)
     if backend.prepare_in_reader and getattr(featurizer, "accepts_arrays", False):
-        return GraphPreparer(featurizer)
+        return GraphPreparer(featurizer, model=model if _predicts_in_reader(model) else None)
     return None
+
+
+def _predicts_in_reader(model: Any) -> bool:
+    """A model the reader's (forked) workers can run on the graphs they build: logits from graph
+    arrays, a decision layer to apply to them in the caller, and weights on the CPU (a CUDA
+    context does not survive a fork)."""
+    device = getattr(model, "device", None)
+    return (
+        hasattr(model, "decide_logits")
+        and hasattr(model, "predict_logits_data")
+        and bool(getattr(model, "accepts_graph_arrays", False))
+        and getattr(device, "type", None) == "cpu"
+    )
 
 
 def iter_items(sources: list[Any], disorder: str, timeout: float, prepare: Any) -> Generator[Any, None, None]:

@@ -3,8 +3,8 @@
 read (main process, streaming: inputs.py) -> atom-balanced shards -> featurize + predict + flag (in
 process, local worker processes or Dask) -> each finished shard committed to the shard store -> merge
 into ``out`` (CSV or Parquet by extension), ``<out stem>.errors.csv`` and the ranked shortlist. With
-the in-process backend the reader's worker processes also build the graphs (worker.GraphPreparer),
-so that parsing and graph building run in parallel with prediction.
+the in-process backend the reader's worker processes also build the graphs and run a CPU model on
+them (worker.GraphPreparer), so that parsing, graph building and the forward pass run in parallel.
 
 Memory stays bounded: the reader streams, at most ``2 x workers`` shards are in flight, results go
 to disk shard by shard, and the merge and shortlist read one shard part at a time.

@@ -191,19 +191,34 @@ class _PreparedFailure(Exception):
     """A graph the reader's worker could not build: ``args`` = (plain reason, raw detail)."""
 
 
+@dataclass(frozen=True)
+class PreparedLogits:
+    """A reader worker's prediction for one record: the model's logits and the graph's flags."""
+
+    logits: np.ndarray  # [n_classes], as the model returned them
+    flags: tuple[str, ...]
+
+
 class GraphPreparer:
     """Reader hook (``iter_structures(prepare=...)``): build the graph of a record that carries arrays
     in the worker that parsed it, so graph building runs in parallel with the shard loop.
 
     Exactly what :func:`_featurize` would do with the same arrays (same builder, same flags; a
     failure keeps its plain reason and detail); the shard turns the arrays into ``Data``.
+
+    With ``model`` (a CPU model with logits and a decision layer), :meth:`prepare_batch` also runs
+    the model on each batch's graphs in the worker and hands back :class:`PreparedLogits` instead of
+    the graphs: the shard loop then only decides and writes, and the forward pass, most of a
+    screen's work, is spread over the reader's processes instead of queueing in the caller's. The
+    logits are the caller's own (a model's logits do not depend on how graphs are batched).
     """
 
     reads_properties = False  # the table's other columns need not travel to the reader's workers
 
-    def __init__(self, featurizer: Any, max_atoms: int = PREPARE_MAX_ATOMS) -> None:
+    def __init__(self, featurizer: Any, max_atoms: int = PREPARE_MAX_ATOMS, model: Any = None) -> None:
         self.featurizer = featurizer
         self.max_atoms = max_atoms
+        self.model = model
 
     def __call__(self, outcome: Any) -> Any:
         import warnings
@@ -221,6 +236,29 @@ class GraphPreparer:
             outcome.features = _PreparedFailure(*plain_reason(exc))
         return outcome
 
+    def prepare_batch(self, outcomes: list[Any]) -> None:
+        """Predict the graphs built for one batch of outcomes (with ``model``); a batch the model
+        fails on keeps its graphs, and the caller predicts them as it would have."""
+        from matcard.featurize.graph import GraphArrays
+
+        if self.model is None:
+            return
+        records = [o for o in outcomes if isinstance(getattr(o, "features", None), GraphArrays)]
+        if not records:
+            return
+        import torch
+
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)  # one thread per reader process: the processes fill the cores
+        try:
+            logits = np.asarray(self.model.predict_logits_data([r.features for r in records]))
+        except Exception:
+            return
+        if logits.shape[0] != len(records):
+            return
+        for record, row in zip(records, logits, strict=True):
+            record.features = PreparedLogits(row.copy(), tuple(str(f) for f in record.features.flags))
+
 
 def _from_prepared(features: Any, as_arrays: bool) -> tuple[Any, list[str]]:
     """What :class:`GraphPreparer` built (or its failure, raised) and its flags. A model that
@@ -228,6 +266,8 @@ def _from_prepared(features: Any, as_arrays: bool) -> tuple[Any, list[str]]:
     graph (``batch_graph_arrays``); any other gets ``Data``."""
     if isinstance(features, _PreparedFailure):
         raise features
+    if isinstance(features, PreparedLogits):
+        return features, list(features.flags)
     return (features if as_arrays else features.to_data()), [str(f) for f in features.flags]
 
 
@@ -363,7 +403,7 @@ def _predict(
     """
     n_classes = len(model.class_names)
     if hasattr(model, "decide_logits") and hasattr(model, "predict_logits_data"):
-        logits = np.asarray(model.predict_logits_data(list(data)), dtype=np.float64)
+        logits = _logits(model, data)
         if logits.shape != (len(data), n_classes):
             raise RuntimeError(f"model returned logits of shape {logits.shape} for {len(data)} inputs")
         decided = model.decide_logits(logits, choice.mode, choice.alpha)
@@ -379,6 +419,14 @@ def _predict(
         )
     best = probabilities.argmax(axis=1)
     return [(row, int(b), int(b), None) for row, b in zip(probabilities, best, strict=True)]
+
+
+def _logits(model: Any, data: Sequence[Any]) -> np.ndarray:
+    """Logits [N, C] (float64): those a reader worker computed, the model's for the rest."""
+    rest = [d for d in data if not isinstance(d, PreparedLogits)]
+    computed = iter(np.asarray(model.predict_logits_data(rest))) if rest else iter(())
+    rows = [d.logits if isinstance(d, PreparedLogits) else next(computed) for d in data]
+    return np.asarray(rows, dtype=np.float64).reshape(len(data), -1)
 
 
 # --------------------------------------------------------------------------- worker processes

@@ -46,6 +46,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, options: _Options,
             _mark(position, index)
             outcomes = [for_transport(outcome) for outcome in _parse_item(item, options)]
             results.append((index, _prepared(outcomes, options)))
+        _prepared_batch([outcome for _, outcomes in results for outcome in outcomes], options)
         conn.send(pack_outcomes(results))
         _mark(position, None)
 
@@ -79,6 +80,15 @@ def _prepared(outcomes: list[Outcome], options: _Options) -> list[Outcome]:
         except Exception:
             prepared.append(outcome)
     return prepared
+
+
+def _prepared_batch(outcomes: list[Outcome], options: _Options) -> None:
+    """The ``prepare`` hook's ``prepare_batch`` on a worker's whole batch, when it has one (screening
+    predicts there); like the per-outcome hook, one that raises leaves the outcomes as they were."""
+    hook = getattr(options.prepare, "prepare_batch", None)
+    if hook is not None:
+        with contextlib.suppress(Exception):
+            hook(outcomes)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:

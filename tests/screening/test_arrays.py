@@ -15,6 +15,7 @@ from matcard.screening.backends import InProcessBackend, ProcessBackend
 from matcard.screening.inputs import reader_hook
 from matcard.screening.worker import (
     GraphPreparer,
+    PreparedLogits,
     ShardItem,
     ShardTask,
     TrainingDomain,
@@ -87,6 +88,11 @@ def test_shards_from_arrays_give_the_same_rows_flags_and_errors(
     assert any("unseen_element" in flags for flags in arrays.columns["flags"])  # flags were exercised
 
 
+class _FailingModel:
+    def predict_logits_data(self, graphs: object) -> object:
+        raise RuntimeError("model broke")
+
+
 def test_graphs_are_built_in_the_reader_only_for_the_in_process_backend(
     seeded_bundle: Path, mp20_subset: Path
 ) -> None:
@@ -98,10 +104,20 @@ def test_graphs_are_built_in_the_reader_only_for_the_in_process_backend(
         hook = reader_hook(backend, model)
     finally:
         backend.close()
-    assert isinstance(hook, GraphPreparer)
+    assert isinstance(hook, GraphPreparer) and hook.model is model
     assert reader_hook(ProcessBackend.__new__(ProcessBackend), model) is None
-    records = list(iter_structures(mp20_subset, workers=1, prepare=hook))[:20]
-    assert all(r.features is not None and r.features.edge_index.size for r in records)
+    # the reader's workers predicted each batch: the model's own logits on the graphs it would build
+    records = list(iter_structures(mp20_subset, workers=1, prepare=hook))[:40]
+    assert all(isinstance(r.features, PreparedLogits) for r in records)
+    graphs = [model.featurizer.build(StructureArrays.from_compact(r.compact)) for r in records]
+    assert np.array_equal(np.stack([r.features.logits for r in records]), model.predict_logits_data(graphs))
+    assert [list(r.features.flags) for r in records] == [[str(f) for f in g.flags] for g in graphs]
+    # without a model (or when the model fails on a batch) the graphs travel and the shard predicts
+    graphs_only = GraphPreparer(model.featurizer)
+    failing = GraphPreparer(model.featurizer, model=_FailingModel())
+    for prepare in (graphs_only, failing):
+        records = list(iter_structures(mp20_subset, workers=1, prepare=prepare))[:20]
+        assert all(r.features is not None and r.features.edge_index.size for r in records)
     big = GraphPreparer(model.featurizer, max_atoms=1)(CompactRecord("x", "s", records[0].compact))
     assert big.features is None  # left to the shard
 
