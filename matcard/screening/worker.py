@@ -210,7 +210,8 @@ class GraphPreparer:
     the model on each batch's graphs in the worker and hands back :class:`PreparedLogits` instead of
     the graphs: the shard loop then only decides and writes, and the forward pass, most of a
     screen's work, is spread over the reader's processes instead of queueing in the caller's. The
-    logits are the caller's own (a model's logits do not depend on how graphs are batched).
+    logits agree with the caller's to float32 rounding (a forward pass's last bits depend on the
+    batch's other graphs) and are the same every run: the reader's batches are fixed blocks.
     """
 
     reads_properties = False  # the table's other columns need not travel to the reader's workers

@@ -82,6 +82,23 @@ def _prepared(outcomes: list[Outcome], options: _Options) -> list[Outcome]:
     return prepared
 
 
+BATCH_ITEMS = 32  # entries per worker batch (seq // BATCH_ITEMS: its block)
+
+
+def _block_ready(todo: deque[tuple[int, _Item]], seq: int, exhausted: bool) -> bool:
+    """Whether the first block in ``todo`` is whole: every entry of it pulled (or the input ended)."""
+    return bool(todo) and (exhausted or seq >= (todo[0][0] // BATCH_ITEMS + 1) * BATCH_ITEMS)
+
+
+def _next_block(todo: deque[tuple[int, _Item]]) -> list[tuple[int, _Item]]:
+    """The items of the first block in ``todo`` (re-queued leftovers of a killed worker included)."""
+    block = todo[0][0] // BATCH_ITEMS
+    batch = []
+    while todo and todo[0][0] // BATCH_ITEMS == block:
+        batch.append(todo.popleft())
+    return batch
+
+
 def _prepared_batch(outcomes: list[Outcome], options: _Options) -> None:
     """The ``prepare`` hook's ``prepare_batch`` on a worker's whole batch, when it has one (screening
     predicts there); like the per-outcome hook, one that raises leaves the outcomes as they were."""
@@ -272,18 +289,20 @@ def _run_pool(
                 continue  # everything pulled so far was emitted: pull more
             if ctx is None:
                 ctx = _mp_context()
-            # Small batches keep every worker busy without starving the others at the end; a second
-            # batch is queued behind the one running (results come back a batch at a time), so a
-            # worker never waits on us. A new worker starts only for work the others cannot take.
-            size = max(1, min(32, len(todo) // (4 * workers)))
+            # A batch is one block of BATCH_ITEMS consecutive entries, whatever the timing: a hook
+            # that works per batch (screening predicts there) then sees the same batches every run.
+            # A second batch is queued behind the one running (results come back a batch at a time),
+            # so a worker never waits on us; fewer queued near the end, so no worker is starved. A
+            # new worker starts only for work the others cannot take.
+            size = max(1, min(BATCH_ITEMS, len(todo) // (4 * workers)))
             for worker in [*pool, None] if len(pool) < workers else pool:
                 if worker is None:
-                    if not todo:
+                    if not _block_ready(todo, seq, exhausted):
                         break
                     worker = _Worker(ctx, options)
                     pool.append(worker)
-                while todo and len(worker.pending) <= size:
-                    worker.send([todo.popleft() for _ in range(min(size, len(todo)))], keep_properties)
+                while _block_ready(todo, seq, exhausted) and len(worker.pending) <= size:
+                    worker.send(_next_block(todo), keep_properties)
             busy = {w.conn: w for w in pool if w.pending}
             wait_for = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
             for conn in multiprocessing.connection.wait(list(busy), timeout=wait_for):
