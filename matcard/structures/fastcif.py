@@ -282,16 +282,12 @@ def _thicker_than(rows: list[list[float]], limit: float) -> bool:
     return True
 
 
-def _matrix_from_parameters(a: float, b: float, c: float, angles: list[float]) -> np.ndarray:
-    """Lattice rows from lengths and angles (degrees), c along z: pymatgen's (non-VESTA) convention."""
-    return np.array(_rows_from_parameters(a, b, c, tuple(angles)), dtype=np.float64)
-
-
 def _rows_from_parameters(
     a: float, b: float, c: float, angles: tuple[float, float, float]
 ) -> list[list[float]]:
-    """The rows of :func:`_matrix_from_parameters` as Python floats. The arithmetic on Python floats
-    rounds exactly as on NumPy scalars, at a fraction of the cost."""
+    """Lattice rows from lengths and angles (degrees), c along z: pymatgen's (non-VESTA) convention,
+    as Python floats. The arithmetic on Python floats rounds exactly as on NumPy scalars, at a
+    fraction of the cost."""
     cos_alpha, cos_beta, sin_alpha, sin_beta, cos_gamma_star, sin_gamma_star = _angle_terms(angles)
     return [
         [a * sin_beta, 0.0, a * cos_beta],
@@ -635,12 +631,10 @@ def _check_formula(pairs: dict[str, str], numbers: list[int]) -> None:
     for number in numbers:
         symbol = symbol_of[number]
         found[symbol] = found.get(symbol, 0.0) + 1.0
-    if found == expected:  # the common case: every amount equal (and so a difference of 0)
+    if found == expected:  # every amount equal: pymatgen's differences are all 0, no warning
         return
     if set(expected) != set(found):
         raise _Fallback
-    if all(found[e] - expected[e] == 0 for e in expected):
-        return
     ratios = [found[e] / expected[e] for e in expected]
     if max(ratios) - min(ratios) >= _COMP_TOL:
         raise _Fallback

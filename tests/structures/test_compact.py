@@ -12,7 +12,7 @@ import pytest
 
 from matcard.structures import iter_structures, read_structures
 from matcard.structures.compact import CompactStructure, as_structure
-from matcard.structures.fastcif import _matrix_from_parameters, parse_cif_compact, parse_cif_fast
+from matcard.structures.fastcif import _rows_from_parameters, parse_cif_compact, parse_cif_fast
 from matcard.structures.records import CompactRecord, StructureRecord, structure_arrays_of
 
 
@@ -36,7 +36,7 @@ def test_lattice_matrix_is_pymatgens_float_for_float() -> None:
     for _ in range(2000):
         lengths = rng.uniform(2.0, 20.0, 3)
         angles = [90.0, 90.0, 120.0] if rng.random() < 0.3 else list(rng.uniform(40.0, 140.0, 3))
-        ours = _matrix_from_parameters(*map(float, lengths), angles)
+        ours = np.array(_rows_from_parameters(*map(float, lengths), tuple(map(float, angles))))
         assert np.array_equal(ours, Lattice.from_parameters(*lengths, *angles).matrix)
 
 
