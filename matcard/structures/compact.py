@@ -113,13 +113,18 @@ class CompactStructure:
 
 def _rebuild(floats: bytes, numbers: bytes, labels: tuple[str, ...]) -> CompactStructure:
     """Inverse of ``CompactStructure.__reduce__`` (writable arrays, as the originals were)."""
-    values = np.frombuffer(floats, dtype=np.float64).copy()
-    return CompactStructure(
-        lattice=values[:9].reshape(3, 3),
-        frac_coords=values[9:].reshape(-1, 3),
-        numbers=np.frombuffer(numbers, dtype=np.int64).copy(),
-        labels=labels,
+    return from_flat(
+        np.frombuffer(floats, dtype=np.float64).copy(), np.frombuffer(numbers, dtype=np.int64).copy(), labels
     )
+
+
+def from_flat(floats: np.ndarray, numbers: np.ndarray, labels: tuple[str, ...]) -> CompactStructure:
+    """A structure around the flat layout ``__reduce__`` writes (and the reader's batches pack): the
+    9 lattice floats, then the fractional coordinates; the arrays are used as given (views stay views)."""
+    structure = object.__new__(CompactStructure)  # the dataclass's own state, set as unpickling sets it
+    lattice, frac_coords = floats[:9].reshape(3, 3), floats[9:].reshape(-1, 3)
+    structure.__dict__.update(lattice=lattice, frac_coords=frac_coords, numbers=numbers, labels=labels)
+    return structure
 
 
 def as_structure(structure: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from matcard.structures.compact import CompactStructure
+from matcard.structures.compact import CompactStructure, from_flat
 from matcard.structures.records import CompactRecord, Outcome, StructureRecord
 
 Results = list[tuple[int, list[Outcome]]]  # (item index, its outcomes) for a batch, in work order
@@ -79,13 +79,7 @@ def unpack_outcomes(packed: tuple[Any, ...]) -> Results:
         site_labels = labels[k]
         n = len(site_labels)
         end = at_float + 9 + 3 * n
-        structure = new(CompactStructure)  # the dataclass's own state, set as unpickling sets it
-        structure.__dict__.update(
-            lattice=floats[at_float : at_float + 9].reshape(3, 3),
-            frac_coords=floats[at_float + 9 : end].reshape(n, 3),
-            numbers=numbers[at_number : at_number + n],
-            labels=site_labels,
-        )
+        structure = from_flat(floats[at_float:end], numbers[at_number : at_number + n], site_labels)
         at_float, at_number = end, at_number + n
         record = new(CompactRecord)
         record.__dict__.update(zip(_RECORD_FIELDS, [column[k] for column in fields], strict=True))
