@@ -172,7 +172,10 @@ def test_pymatgen_can_be_forced(shared_data: Path, monkeypatch: pytest.MonkeyPat
         resolve_cif_parser("bogus")
 
 
-def test_cli_cif_parser_option_is_checked(shared_data: Path) -> None:
+def test_cli_cif_parser_option_is_checked(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CLI exports its choice to MATCARD_CIF_PARSER (its reader processes inherit it): setting the
+    # default here has the variable restored after the test, whatever the CLI leaves in it
+    monkeypatch.setenv(CIF_PARSER_ENV, "fast")
     runner = CliRunner()
     bad = runner.invoke(
         app, ["--cif-parser", "bogus", "inspect", str(shared_data / "messy_cifs" / "V2O3.cif")]
