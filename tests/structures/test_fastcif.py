@@ -90,6 +90,17 @@ def test_messy_cifs_fall_back_or_match(shared_data: Path) -> None:
         assert outcomes[name][0] == "fallback", name  # disorder, dropped sites, magnetic, no symmetry ops
 
 
+# The atom-site loop header every CIF template below ends with (its rows follow).
+_SITE_LOOP = """loop_
+_atom_site_type_symbol
+_atom_site_label
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+"""
+
+
 def test_rounded_coordinates_keep_pymatgen_flag_and_values() -> None:
     cif = """data_x
 _cell_length_a 4.0
@@ -101,16 +112,8 @@ _cell_angle_gamma 120
 loop_
 _symmetry_equiv_pos_as_xyz
 'x, y, z'
-loop_
-_atom_site_type_symbol
-_atom_site_label
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_occupancy
-Zn Zn1 0.3333 0.6667 0.0 1
-O O1 0.33333 0.66667 0.375 1
 """
+    cif += _SITE_LOOP + "Zn Zn1 0.3333 0.6667 0.0 1\nO O1 0.33333 0.66667 0.375 1\n"
     fast = parse_cif_fast(cif)
     assert fast is not None
     ref, ref_flags = reference(cif)
@@ -127,15 +130,8 @@ _cell_length_c 4.0
 _cell_angle_alpha 90
 _cell_angle_beta 90
 _cell_angle_gamma 90
-{ops}loop_
-_atom_site_type_symbol
-_atom_site_label
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_occupancy
-Fe Fe1 0 0 0 {occ}
-"""
+{ops}"""
+    base += _SITE_LOOP + "Fe Fe1 0 0 0 {occ}\n"
     ops = "loop_\n_symmetry_equiv_pos_as_xyz\n'x, y, z'\n'-x, -y, -z'\n"
     assert parse_cif_fast(base.format(ops=ops, occ="1")) is not None
     assert parse_cif_fast(base.format(ops=ops, occ="0.5")) is None
@@ -225,15 +221,8 @@ loop_
 _symmetry_equiv_pos_site_id
 _symmetry_equiv_pos_as_xyz
 1 'x, y, z'
-loop_
-_atom_site_type_symbol
-_atom_site_label
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_occupancy
-{sites}
 """
+_P1 += _SITE_LOOP + "{sites}\n"
 
 
 @pytest.mark.parametrize(
